@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install the pinned
+# dependencies (constraints.txt: the CPU torch wheel) and the package with its C++ extension first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install build bench clean
+
+$(STAMP): pyproject.toml setup.py constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch setuptools wheel ninja
+	DFKD_FAST_NO_EXT=1 $(PIP) install -q -c constraints.txt --no-build-isolation -e ".[dev,graph]"
+	touch $@
+
+install: $(STAMP)
+
+# dfkd_fast._C, rebuilt when csrc/ changes (ninja recompiles only the files that changed).
+EXT_STAMP := build/.ext-built
+$(EXT_STAMP): $(STAMP) setup.py $(shell find csrc -type f 2>/dev/null)
+	$(BIN)/python setup.py -q build_ext --inplace
+	@mkdir -p build && touch $@
+
+build: $(EXT_STAMP)
+
+demo: build
+	OPENBLAS_NUM_THREADS=1 $(BIN)/dfkd-fast demo
+
+test: build
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest tests bench --benchmark-disable -q $(PYTEST_ARGS)
+
+bench: build
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest bench --benchmark-autosave $(PYTEST_ARGS)
+
+clean:
+	rm -rf build dfkd_fast/_C*.so *.egg-info

@@ -1,0 +1,19 @@
+// dfkd_fast._C: operator schemas and the Python module. This is the only translation unit that includes
+// torch/extension.h (pybind); kernels live in cpu/ and cuda/ and register their implementations there.
+#include <torch/extension.h>
+
+TORCH_LIBRARY(dfkd_fast, m) {
+  // Schemas of the C++ ops are declared here; their CPU and CUDA kernels register with TORCH_LIBRARY_IMPL
+  // in csrc/cpu and csrc/cuda, and their fake kernels and autograd formulas in dfkd_fast/ops (Python).
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "dfkd_fast C++/CUDA kernels (ops are registered under torch.ops.dfkd_fast)";
+  m.def("with_cuda", []() {
+#ifdef WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  }, "True when the extension was compiled with its CUDA kernels.");
+}

@@ -1,0 +1,105 @@
+"""Input validation shared by the functional ops.
+
+Every check raises before any kernel runs, with a message that names the function, the argument, what was expected
+and what was given. Checks that need the data (label range, finiteness) run only where they cost no device sync and
+no graph break: on CPU tensors, outside of ``torch.compile`` tracing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def tensor(
+    fn: str,
+    name: str,
+    value: object,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+) -> torch.Tensor:
+    """Check that ``value`` is a tensor of an allowed rank and dtype."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}: argument '{name}' must be a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.dim() not in allowed:
+            want = " or ".join(str(d) for d in allowed)
+            raise ValueError(
+                f"{fn}: argument '{name}' must have {want} dimensions, got shape {tuple(value.shape)}"
+            )
+    if dtypes is not None and value.dtype not in dtypes:
+        raise TypeError(f"{fn}: argument '{name}' must have dtype in ({_names(dtypes)}), got {value.dtype}")
+    return value
+
+
+def shape(fn: str, name: str, value: torch.Tensor, expected: Sequence[int], what: str = "") -> None:
+    if tuple(value.shape) != tuple(expected):
+        hint = f" ({what})" if what else ""
+        raise ValueError(f"{fn}: argument '{name}' must have shape {tuple(expected)}{hint}, got {tuple(value.shape)}")
+
+
+def same_device(fn: str, reference_name: str, reference: torch.Tensor, **others: torch.Tensor | None) -> None:
+    for name, value in others.items():
+        if value is not None and value.device != reference.device:
+            raise ValueError(
+                f"{fn}: argument '{name}' is on {value.device} but '{reference_name}' is on {reference.device}; "
+                "move them to the same device"
+            )
+
+
+def positive(fn: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}: argument '{name}' must be a float, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{fn}: argument '{name}' must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def integer(fn: str, name: str, value: object, *, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn}: argument '{name}' must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{fn}: argument '{name}' must be {bound}, got {value}")
+    return value
+
+
+def choice(fn: str, name: str, value: object, allowed: Sequence[object]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{fn}: argument '{name}' must be one of {tuple(allowed)}, got {value!r}")
+
+
+def can_inspect_values(*tensors: torch.Tensor) -> bool:
+    """Whether reading tensor data is free: CPU tensors, not under torch.compile tracing."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t.device.type == "cpu" for t in tensors)
+
+
+def labels(fn: str, name: str, value: object, length: int, num_classes: int | None = None) -> torch.Tensor:
+    """Check a 1-D integer label tensor of a given length and, where free, its range [0, num_classes)."""
+    t = tensor(fn, name, value, ndim=1, dtypes=INDEX_DTYPES)
+    if t.shape[0] != length:
+        raise ValueError(f"{fn}: argument '{name}' must have length {length}, got shape {tuple(t.shape)}")
+    if num_classes is not None and t.numel() and can_inspect_values(t):
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(f"{fn}: argument '{name}' must hold class ids in [0, {num_classes}), found {bad}")
+    return t
+
+
+def finite(fn: str, name: str, value: torch.Tensor) -> None:
+    if value.numel() and can_inspect_values(value) and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values")

@@ -1,0 +1,76 @@
+"""The ``dfkd-fast`` command.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
+``teacher`` and ``eval`` pick the image or graph module with ``--task``. Problems with the user's input
+(:class:`dfkd_fast.errors.DfkdError`) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from dfkd_fast.errors import DfkdError
+
+# name -> (module, or {task: module}, one-line help)
+COMMANDS: dict[str, tuple[str | dict[str, str], str]] = {
+    "env": ("dfkd_fast.env", "versions, devices and a check of every op on every backend against its reference"),
+    "demo": ("dfkd_fast.demo", "the README's main job: teachers, data-free distillation, held-out accuracy"),
+    "teacher": (
+        {"image": "dfkd_fast.cpsc.teacher", "graph": "dfkd_fast.acgkd.teacher"},
+        "train a teacher on a real dataset (--task image|graph)",
+    ),
+    "cpsc": ("dfkd_fast.cpsc.cli", "distil an image classifier with CPSC-DFKD (no training data)"),
+    "acgkd": ("dfkd_fast.acgkd.cli", "distil a graph classifier with ACGKD (or --method gfkd)"),
+    "eval": (
+        {"image": "dfkd_fast.cpsc.evaluate", "graph": "dfkd_fast.acgkd.evaluate"},
+        "evaluate a teacher or student checkpoint on a test set (--task image|graph)",
+    ),
+}
+
+
+def _module_for(name: str, argv: list[str]):
+    target, _ = COMMANDS[name]
+    if isinstance(target, dict):
+        probe = argparse.ArgumentParser(add_help=False)
+        probe.add_argument("--task", choices=sorted(target), default="image")
+        task = probe.parse_known_args(argv)[0].task
+        return importlib.import_module(target[task]), sorted(target)
+    return importlib.import_module(target), None
+
+
+def build_parser(name: str | None = None, argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(prog="dfkd-fast", description="Fast data-free knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    module = None
+    for cmd, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(cmd, help=help_text, description=help_text)
+        if cmd == name:
+            module, tasks = _module_for(cmd, argv or [])
+            if tasks:
+                p.add_argument("--task", choices=tasks, default="image", help="image or graph classifier")
+            module.add_arguments(p)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    name = argv[0] if argv and argv[0] in COMMANDS else None
+    try:
+        parser, module = build_parser(name, argv[1:])
+        args = parser.parse_args(argv)
+        return int(module.run(args) or 0)
+    except DfkdError as exc:
+        if os.environ.get("DFKD_FAST_DEBUG") == "1":
+            raise
+        print(f"dfkd-fast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dfkd-fast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

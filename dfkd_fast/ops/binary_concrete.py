@@ -1,0 +1,227 @@
+"""binary_concrete_adjacency: relaxed-Bernoulli pseudo-graph edges with a sparsity budget, and the PyG edge list.
+
+Custom ops ``dfkd_fast::binary_concrete_fwd`` / ``dfkd_fast::binary_concrete_bwd`` (the backward recomputes the
+noise from ``(seed, offset)``: nothing the size of the adjacency is saved), their fake kernels and autograd formula,
+and the validated functional API. The maths is in :mod:`dfkd_fast.reference.binary_concrete`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dfkd_fast import _checks
+from dfkd_fast._backend import use_fused
+from dfkd_fast.reference.binary_concrete import (
+    binary_concrete_adjacency_reference,
+    budget_mask,
+    edge_budget,
+    node_mask,
+    perturbed_logits,
+)
+
+MAX_SEED = 2**63 - 1
+
+
+def _kept_edges(logits, num_nodes, budget, seed, offset, symmetric):
+    z, valid, candidates = perturbed_logits(logits, num_nodes, seed, offset, symmetric)
+    if budget is None:
+        return z, valid
+    kept = budget_mask(z, candidates, budget)
+    return z, kept | kept.transpose(1, 2) if symmetric else kept
+
+
+@torch.library.custom_op("dfkd_fast::binary_concrete_fwd", mutates_args=())
+def binary_concrete_fwd(
+    logits: Tensor,
+    num_nodes: Tensor,
+    budget: Tensor | None,
+    tau: float,
+    seed: int,
+    offset: int,
+    symmetric: bool,
+    hard: bool,
+    self_loops: bool,
+) -> Tensor:
+    """The adjacency [B, n, n] in the dtype of ``logits``."""
+    return binary_concrete_adjacency_reference(logits, num_nodes, tau, seed, offset, symmetric, hard, self_loops,
+                                               budget)
+
+
+@binary_concrete_fwd.register_fake
+def _(logits, num_nodes, budget, tau, seed, offset, symmetric, hard, self_loops):
+    return torch.empty_like(logits)
+
+
+@torch.library.custom_op("dfkd_fast::binary_concrete_bwd", mutates_args=())
+def binary_concrete_bwd(
+    grad: Tensor,
+    logits: Tensor,
+    num_nodes: Tensor,
+    budget: Tensor | None,
+    tau: float,
+    seed: int,
+    offset: int,
+    symmetric: bool,
+) -> Tensor:
+    """d logits = grad * y * (1 - y) / tau on kept edges (both mirrored entries summed onto the upper triangle)."""
+    z, kept = _kept_edges(logits, num_nodes, budget, seed, offset, symmetric)
+    y = torch.sigmoid(z / tau)
+    d = torch.where(kept, grad.to(z.dtype) * y * (1 - y) / tau, 0.0)
+    if symmetric:
+        d = (d + d.transpose(1, 2)).triu(1)
+    return d.to(logits.dtype)
+
+
+@binary_concrete_bwd.register_fake
+def _(grad, logits, num_nodes, budget, tau, seed, offset, symmetric):
+    return torch.empty_like(logits)
+
+
+def _setup_context(ctx, inputs, output):
+    logits, num_nodes, budget, tau, seed, offset, symmetric, _hard, _self_loops = inputs
+    ctx.save_for_backward(logits, num_nodes, budget)
+    ctx.params = (tau, seed, offset, symmetric)
+
+
+def _backward(ctx, grad):
+    logits, num_nodes, budget = ctx.saved_tensors
+    d_logits = binary_concrete_bwd(grad, logits, num_nodes, budget, *ctx.params)
+    return d_logits, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("dfkd_fast::binary_concrete_fwd", _backward, setup_context=_setup_context)
+
+
+def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: torch.device) -> Tensor:
+    if isinstance(num_nodes, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in num_nodes):
+            raise TypeError(f"{fn}: argument 'num_nodes' must be a list of ints or an integer tensor")
+        num_nodes = torch.tensor(num_nodes, dtype=torch.int64)
+    t = _checks.tensor(fn, "num_nodes", num_nodes, ndim=1, dtypes=_checks.INDEX_DTYPES)
+    if t.shape[0] != batch:
+        raise ValueError(f"{fn}: argument 'num_nodes' must have one count per graph (length {batch}), "
+                         f"got shape {tuple(t.shape)}")
+    if t.numel() and _checks.can_inspect_values(t):
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high > n:
+            raise ValueError(f"{fn}: argument 'num_nodes' must hold node counts in [0, {n}] (the padded size n), "
+                             f"found {low if low < 0 else high}")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def binary_concrete_adjacency(
+    logits: Tensor,
+    num_nodes: Tensor | list[int],
+    tau: float = 2.0 / 3.0,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    symmetric: bool = True,
+    hard: bool = False,
+    self_loops: bool = False,
+    k: int | None = None,
+    ratio: float | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """Sample Binary Concrete (relaxed Bernoulli) adjacency matrices for a padded batch of graphs.
+
+    ``y = sigmoid((logits + log u - log(1 - u)) / tau)`` with Philox noise ``u`` drawn from ``(seed, offset)``, on the
+    pairs of valid nodes; see :mod:`dfkd_fast.reference.binary_concrete` for the exact definition.
+
+    Args:
+        logits: ``[B, n, n]`` edge logits (only the strict upper triangle is read when ``symmetric``).
+        num_nodes: ``[B]`` node count of each graph (``<= n``); the padding rows/columns are 0.
+        tau: temperature (> 0); 2/3 is Maddison et al.'s recommendation for binary variables.
+        seed, offset: the noise stream; the same pair gives the same sample on every device and backend.
+            ``seed=None`` draws one from torch's default CPU generator.
+        symmetric: undirected graphs (mirrored upper triangle), else directed edges.
+        hard: forward ``1[y > 1/2]`` (a Bernoulli(sigmoid(logit)) sample) with the straight-through gradient.
+        self_loops: set the diagonal of valid nodes to 1.
+        k, ratio: sparsity budget: keep at most ``k`` edges per graph, or ``floor(ratio * pairs)``, chosen by the
+            largest relaxed values (undirected pairs count once when ``symmetric``). At most one of the two.
+        backend: ``"auto"`` (the C++ kernel when ``dfkd_fast._C`` is built), ``"fused"`` or ``"reference"``.
+    """
+    fn = "binary_concrete_adjacency"
+    _checks.tensor(fn, "logits", logits, ndim=3, dtypes=_checks.FLOAT_DTYPES)
+    batch, rows, n = logits.shape
+    if rows != n:
+        raise ValueError(f"{fn}: argument 'logits' must be square per graph, [B, n, n], got shape {tuple(logits.shape)}")
+    num_nodes_t = _num_nodes_tensor(fn, num_nodes, batch, n, logits.device)
+    _checks.positive(fn, "tau", tau)
+    if seed is None:
+        seed = int(torch.randint(0, MAX_SEED, (1,)).item())
+    _checks.integer(fn, "seed", seed, low=0, high=MAX_SEED)
+    _checks.integer(fn, "offset", offset, low=0, high=MAX_SEED)
+    if k is not None and ratio is not None:
+        raise ValueError(f"{fn}: give at most one of 'k' and 'ratio', got k={k} and ratio={ratio}")
+    if k is not None:
+        _checks.integer(fn, "k", k, low=0)
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"{fn}: argument 'ratio' must be a float in [0, 1], got {ratio!r}")
+    _checks.finite(fn, "logits", logits)
+    budget = edge_budget(num_nodes_t, symmetric, k, ratio)
+    if use_fused(fn, backend, logits.device, "cpp"):
+        return binary_concrete_fwd(logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard, self_loops)
+    return binary_concrete_adjacency_reference(logits, num_nodes_t, tau, seed, offset, symmetric, hard, self_loops,
+                                               budget)
+
+
+def adjacency_to_pyg(
+    adj: Tensor,
+    num_nodes: Tensor | list[int],
+    *,
+    max_edges: int | None = None,
+    symmetric: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Padded dense adjacency ``[B, n, n]`` -> PyG's ``(edge_index [2, E], edge_weight [E], batch [sum n_b])``.
+
+    Nodes are numbered compactly (graph ``b``'s nodes follow graph ``b-1``'s) and ``edge_weight`` keeps the gradient
+    of ``adj``. Self-loops on the diagonal are not listed (add them in the layer, as GCNConv does).
+
+    * ``max_edges=None``: every nonzero off-diagonal entry is an edge (E depends on the data: one host sync).
+    * ``max_edges=k``: the ``k`` largest entries of each graph (pairs when ``symmetric``), so E is fixed and nothing
+      waits for the device. Graphs with fewer candidate pairs are padded with zero-weight edges, which add nothing
+      to weighted sum/mean aggregation or to GCN degrees.
+    ``symmetric``: read the upper triangle and list both directions of each pair (PyG's undirected convention).
+    ``num_nodes`` on the CPU (a list or CPU tensor) keeps the conversion free of device syncs.
+    """
+    fn = "adjacency_to_pyg"
+    _checks.tensor(fn, "adj", adj, ndim=3, dtypes=_checks.FLOAT_DTYPES)
+    batch, rows, n = adj.shape
+    if rows != n:
+        raise ValueError(f"{fn}: argument 'adj' must be square per graph, [B, n, n], got shape {tuple(adj.shape)}")
+    counts = _num_nodes_tensor(fn, num_nodes, batch, n, torch.device("cpu") if isinstance(num_nodes, (list, tuple))
+                               else num_nodes.device)
+    if max_edges is not None:
+        _checks.integer(fn, "max_edges", max_edges, low=0)
+    device = adj.device
+    counts_dev = counts.to(device)
+    starts = torch.cumsum(counts_dev, 0) - counts_dev
+    total = int(counts.sum())  # no device sync when the counts live on the CPU
+    graph_of_node = torch.repeat_interleave(torch.arange(batch, device=counts.device), counts, output_size=total)
+    nodes = node_mask(counts_dev, n)
+    candidates = nodes[:, :, None] & nodes[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=device)
+    if symmetric:
+        candidates = candidates & torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+    if max_edges is None:
+        b, i, j = (candidates & (adj != 0)).nonzero(as_tuple=True)
+        weight = adj[b, i, j]
+    else:
+        per_graph = min(max_edges, n * (n - 1) // 2 if symmetric else n * (n - 1))
+        scores = adj.masked_fill(~candidates, float("-inf")).reshape(batch, n * n)
+        flat = scores.topk(per_graph, dim=1).indices  # [B, per_graph]
+        real = candidates.reshape(batch, n * n).gather(1, flat)
+        weight = (adj.reshape(batch, n * n).gather(1, flat) * real).reshape(-1)
+        flat = flat.reshape(-1)
+        i = torch.where(real.reshape(-1), flat // n, 0)
+        j = torch.where(real.reshape(-1), flat % n, 0)
+        b = torch.arange(batch, device=device).repeat_interleave(per_graph)
+    src = starts[b] + i
+    dst = starts[b] + j
+    if max_edges is not None:  # zero-weight padding of a graph with no node at all must still index a real node
+        src, dst = src.clamp(max=max(total - 1, 0)), dst.clamp(max=max(total - 1, 0))
+    if symmetric:
+        src, dst, weight = torch.cat([src, dst]), torch.cat([dst, src]), torch.cat([weight, weight])
+    return torch.stack([src, dst]), weight, graph_of_node.to(device)

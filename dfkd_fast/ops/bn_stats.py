@@ -1,0 +1,91 @@
+"""bn_stats_loss: the DeepInversion batch-norm statistics loss of one BatchNorm input.
+
+Custom ops ``dfkd_fast::bn_stats_fwd`` (loss and the fp32 per-channel mean and biased variance) and
+``dfkd_fast::bn_stats_bwd`` (dx), their fake kernels and autograd formula, and the validated functional API.
+The maths is in :mod:`dfkd_fast.reference.bn_stats`; the hooks that apply it to every BatchNorm of a model are
+:class:`dfkd_fast.nn.BNStatsLoss`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dfkd_fast import _checks
+from dfkd_fast._backend import use_fused
+from dfkd_fast.reference._common import compute_dtype, reduce_dims
+from dfkd_fast.reference.bn_stats import bn_stats_loss_reference
+
+
+@torch.library.custom_op("dfkd_fast::bn_stats_fwd", mutates_args=())
+def bn_stats_fwd(x: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, mean[C], var[C]) in the compute dtype."""
+    acc = compute_dtype(x.dtype)
+    var, mean = torch.var_mean(x.to(acc), dim=reduce_dims(x), correction=0)
+    loss = torch.linalg.vector_norm(mean - running_mean.to(acc)) + torch.linalg.vector_norm(var - running_var.to(acc))
+    return loss, mean, var
+
+
+@bn_stats_fwd.register_fake
+def _(x, running_mean, running_var):
+    acc = compute_dtype(x.dtype)
+    return x.new_empty((), dtype=acc), x.new_empty(x.shape[1], dtype=acc), x.new_empty(x.shape[1], dtype=acc)
+
+
+def _unit(diff: Tensor) -> Tensor:
+    """diff / |diff|, and 0 where diff = 0 (the subgradient autograd uses for a norm at 0)."""
+    norm = torch.linalg.vector_norm(diff)
+    return torch.where(norm > 0, diff / torch.where(norm > 0, norm, 1.0), 0.0)
+
+
+@torch.library.custom_op("dfkd_fast::bn_stats_bwd", mutates_args=())
+def bn_stats_bwd(
+    grad_loss: Tensor, x: Tensor, running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor
+) -> Tensor:
+    acc = mean.dtype
+    count = x.numel() // x.shape[1]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    d_mean = _unit(mean - running_mean.to(acc)) * (grad_loss / count)
+    d_var = _unit(var - running_var.to(acc)) * (2 * grad_loss / count)
+    dx = d_mean.view(shape) + d_var.view(shape) * (x.to(acc) - mean.view(shape))
+    return dx.to(x.dtype)
+
+
+@bn_stats_bwd.register_fake
+def _(grad_loss, x, running_mean, running_var, mean, var):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output[1], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _backward(ctx, grad_loss, _grad_mean, _grad_var):
+    return bn_stats_bwd(grad_loss, *ctx.saved_tensors), None, None
+
+
+torch.library.register_autograd("dfkd_fast::bn_stats_fwd", _backward, setup_context=_setup_context)
+
+
+def bn_stats_loss(
+    x: Tensor, running_mean: Tensor, running_var: Tensor, *, backend: str | None = None
+) -> Tensor:
+    """``||mean(x) - running_mean||_2 + ||var(x) - running_var||_2`` for one BatchNorm input ``x [N, C, *]``.
+
+    Mean and biased variance are taken over every dimension but the channel, in float32 (float64 for float64
+    input). The running statistics receive no gradient. Returns a scalar in the compute dtype.
+    """
+    fn = "bn_stats_loss"
+    _checks.tensor(fn, "x", x, ndim=(2, 3, 4, 5), dtypes=_checks.FLOAT_DTYPES)
+    channels = x.shape[1]
+    if x.numel() == 0:
+        raise ValueError(f"{fn}: argument 'x' must be non-empty, got shape {tuple(x.shape)}")
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        _checks.tensor(fn, name, stat, ndim=1, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape(fn, name, stat, (channels,), "one value per channel of 'x'")
+    _checks.same_device(fn, "x", x, running_mean=running_mean, running_var=running_var)
+    _checks.finite(fn, "x", x)
+    if use_fused(fn, backend, x.device, "triton"):
+        return bn_stats_fwd(x, running_mean.detach(), running_var.detach())[0]
+    return bn_stats_loss_reference(x, running_mean.detach(), running_var.detach())
