@@ -115,6 +115,8 @@ def _triton_unavailable(device_type: str) -> str | None:
     return f"no Triton kernel for device type {device_type!r}"
 
 
+# torch.compile evaluates the decision once, while tracing, and bakes it into the graph.
+@torch.compiler.assume_constant_result
 def use_fused(op: str, backend: str | None, device: torch.device, kind: Literal["triton", "cpp"]) -> bool:
     """Resolve ``backend`` for one call of ``op`` on ``device``: True = fused kernel, False = reference."""
     name = _check_backend_name(_default if backend is None else backend, op)
