@@ -29,8 +29,9 @@ build: $(EXT_STAMP)
 demo: build
 	OPENBLAS_NUM_THREADS=1 $(BIN)/dfkd-fast demo
 
+# Two workers on the two cores of the CI machine; every test and every benchmark case runs once.
 test: build
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest tests bench --benchmark-disable -q $(PYTEST_ARGS)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest tests bench --benchmark-disable -q -n 2 --durations=20 $(PYTEST_ARGS)
 
 bench: build
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest bench --benchmark-autosave $(PYTEST_ARGS)

@@ -5,6 +5,7 @@ Fused kernels (Triton and C++/CUDA) for the hot paths of CPSC-DFKD and ACGKD, be
 (:mod:`dfkd_fast.reference`); and the trainers built on them (:mod:`dfkd_fast.cpsc`, :mod:`dfkd_fast.acgkd`).
 """
 
+from dfkd_fast import nn
 from dfkd_fast._backend import get_backend, set_backend, use_backend
 from dfkd_fast.ops import (
     adjacency_to_pyg,

@@ -115,8 +115,6 @@ def _triton_unavailable(device_type: str) -> str | None:
     return f"no Triton kernel for device type {device_type!r}"
 
 
-# torch.compile evaluates the decision once, while tracing, and bakes it into the graph.
-@torch.compiler.assume_constant_result
 def use_fused(op: str, backend: str | None, device: torch.device, kind: Literal["triton", "cpp"]) -> bool:
     """Resolve ``backend`` for one call of ``op`` on ``device``: True = fused kernel, False = reference."""
     name = _check_backend_name(_default if backend is None else backend, op)
@@ -131,3 +129,9 @@ def use_fused(op: str, backend: str | None, device: torch.device, kind: Literal[
     if kind == "triton" and device.type != "cuda":
         return False
     return reason is None
+
+
+# torch.compile evaluates the decision once, while tracing, and bakes it into the graph. This is what
+# torch.compiler.assume_constant_result does; setting its marker directly keeps `import dfkd_fast` from importing
+# torch._dynamo (and with it triton, before a test or a user could set TRITON_INTERPRET).
+use_fused._dynamo_marked_constant = True  # type: ignore[attr-defined]

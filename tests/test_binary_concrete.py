@@ -1,0 +1,212 @@
+"""binary_concrete_adjacency: Philox known answers, the Bernoulli law of hard samples, the budget, structure,
+gradients, the PyG conversion, the module's stream, compile and bad inputs. Properties run on both backends."""
+
+import math
+
+import pytest
+import torch
+
+import dfkd_fast
+from dfkd_fast.nn import BinaryConcreteAdjacency
+from dfkd_fast.reference import binary_concrete_adjacency_reference, philox_uniform
+from dfkd_fast.reference.philox import philox4x32
+
+BACKENDS = ["reference", "fused"]
+
+
+@pytest.mark.parametrize(
+    "counter,key,expected",
+    [  # Random123's known-answer vectors for philox4x32_10
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+         (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    ],
+)
+def test_philox_known_answers(counter, key, expected):
+    words = philox4x32(tuple(torch.tensor([c]) for c in counter), key)
+    assert tuple(int(w) for w in words) == expected
+
+
+def test_philox_uniform_layout_and_range():
+    u = philox_uniform(4099, seed=7, offset=3)
+    assert u.dtype == torch.float32 and 0 < u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.02
+    torch.testing.assert_close(philox_uniform(10, 7, 3), u[:10], rtol=0, atol=0)  # element e depends on e only
+    assert not torch.equal(philox_uniform(10, 7, 4), u[:10])
+    assert not torch.equal(philox_uniform(10, 8, 3), u[:10])
+    # element 5 is word 1 of the block with counter (1, 0, offset, 0)
+    block = philox4x32(tuple(torch.tensor([c]) for c in (1, 0, 3, 0)), (7, 0))
+    assert u[5].item() == ((int(block[1]) >> 9) + 0.5) * 2.0**-23
+
+
+def test_relaxed_values_follow_the_formula():
+    logits, tau = torch.randn(2, 5, 5, dtype=torch.float64), 0.7
+    y = binary_concrete_adjacency_reference(logits, torch.tensor([5, 5]), tau, seed=11, offset=2, symmetric=False)
+    u = philox_uniform(50, 11, 2).double().view(2, 5, 5)
+    expected = torch.sigmoid((logits + torch.log(u / (1 - u))) / tau) * (1 - torch.eye(5, dtype=torch.float64))
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_hard_edge_frequency_is_sigmoid_of_logit(backend, symmetric):
+    """Each hard edge is an independent Bernoulli(sigmoid(logit)): many graphs share one logit matrix."""
+    n, samples = 6, 4000
+    logits = torch.linspace(-3, 3, n * n).view(1, n, n).repeat(samples, 1, 1)
+    adj = dfkd_fast.binary_concrete_adjacency(logits, [n] * samples, 0.5, seed=5, hard=True, symmetric=symmetric,
+                                              backend=backend)
+    freq = adj.mean(0)
+    p = torch.sigmoid(logits[0])
+    if symmetric:
+        p = torch.where(torch.ones(n, n, dtype=torch.bool).triu(1), p, p.T)
+    off = ~torch.eye(n, dtype=torch.bool)
+    bound = 5 * torch.sqrt(p * (1 - p) / samples) + 1e-3
+    assert ((freq - p).abs()[off] <= bound[off]).all()
+    assert (freq.diagonal() == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("budget", [{"k": 0}, {"k": 5}, {"k": 400}, {"ratio": 0.25}, {"ratio": 1.0}])
+def test_budget_keeps_exactly_min_k_pairs(backend, symmetric, budget):
+    num_nodes = [1, 2, 17, 9, 0]
+    logits = torch.randn(5, 17, 17) * 2
+    adj = dfkd_fast.binary_concrete_adjacency(logits, num_nodes, 1.0, seed=3, symmetric=symmetric, backend=backend,
+                                              **budget)
+    for b, n in enumerate(num_nodes):
+        pairs = n * (n - 1) // (2 if symmetric else 1)
+        allowed = min(budget["k"], pairs) if "k" in budget else math.floor(budget["ratio"] * pairs)
+        edges = (adj[b] != 0).sum().item() // (2 if symmetric else 1)
+        assert edges == allowed, (b, n)
+    hard = dfkd_fast.binary_concrete_adjacency(logits, num_nodes, 1.0, seed=3, symmetric=symmetric, hard=True,
+                                               backend=backend, **budget)
+    assert ((hard != 0) <= (adj != 0)).all()  # hard edges are kept edges that came out 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_budget_keeps_the_largest_relaxed_values(backend):
+    logits = torch.randn(3, 8, 8)
+    soft = dfkd_fast.binary_concrete_adjacency(logits, [8, 8, 5], 0.5, seed=9, backend=backend)
+    kept = dfkd_fast.binary_concrete_adjacency(logits, [8, 8, 5], 0.5, seed=9, k=6, backend=backend)
+    for b in range(3):
+        upper = soft[b].triu(1).flatten()
+        top = upper.topk(6).values
+        torch.testing.assert_close(kept[b].triu(1).flatten().sort(descending=True).values[:6], top)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("self_loops", [False, True])
+def test_structure(backend, self_loops):
+    num_nodes = torch.tensor([7, 3, 0, 1])
+    adj = dfkd_fast.binary_concrete_adjacency(torch.randn(4, 7, 7), num_nodes, 0.3, seed=2, self_loops=self_loops,
+                                              backend=backend)
+    torch.testing.assert_close(adj, adj.transpose(1, 2), rtol=0, atol=0)
+    valid = torch.arange(7)[None, :] < num_nodes[:, None]
+    pair_valid = valid[:, :, None] & valid[:, None, :]
+    assert (adj[~pair_valid] == 0).all()
+    diagonal = adj.diagonal(dim1=1, dim2=2)
+    torch.testing.assert_close(diagonal, valid.float() if self_loops else torch.zeros_like(diagonal))
+    assert ((adj >= 0) & (adj <= 1)).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs", [{}, {"hard": True}, {"k": 4}, {"symmetric": False, "ratio": 0.5},
+                                    {"symmetric": False, "hard": True, "self_loops": True}])
+def test_gradcheck(backend, kwargs):
+    logits = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: dfkd_fast.binary_concrete_adjacency(t, [5, 3], 0.8, seed=1, offset=4, backend=backend, **kwargs)
+    if kwargs.get("hard"):  # straight-through: the gradient of the relaxed sample, checked against the soft op
+        soft = {k: v for k, v in kwargs.items() if k != "hard"}
+        grad_out = torch.randn(2, 5, 5, dtype=torch.float64)
+        g_hard, = torch.autograd.grad(fn(logits), logits, grad_out)
+        g_soft, = torch.autograd.grad(dfkd_fast.binary_concrete_adjacency(
+            logits, [5, 3], 0.8, seed=1, offset=4, backend=backend, **soft), logits, grad_out)
+        torch.testing.assert_close(g_hard, g_soft)
+    else:
+        assert torch.autograd.gradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hard": True, "k": 3}, {"symmetric": False, "ratio": 0.3}])
+def test_backends_agree(kwargs):
+    logits = torch.randn(3, 9, 9, requires_grad=True)
+    results = []
+    for backend in BACKENDS:
+        adj = dfkd_fast.binary_concrete_adjacency(logits, [9, 4, 1], 0.6, seed=21, offset=1, backend=backend, **kwargs)
+        results.append((adj, torch.autograd.grad((adj * torch.arange(81.0).view(9, 9)).sum(), logits)[0]))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_edges", [None, 4, 50])
+def test_adjacency_to_pyg_roundtrip(max_edges):
+    num_nodes = [5, 2, 0, 4]
+    logits = torch.randn(4, 5, 5, requires_grad=True)
+    adj = dfkd_fast.binary_concrete_adjacency(logits, num_nodes, 0.5, seed=4, k=max_edges)
+    edge_index, edge_weight, batch = dfkd_fast.adjacency_to_pyg(adj, num_nodes, max_edges=max_edges)
+    assert batch.tolist() == [0] * 5 + [1] * 2 + [3] * 4
+    if max_edges is not None:
+        assert edge_index.shape == (2, 2 * 4 * min(max_edges, 10))  # fixed size: no data-dependent shape
+    dense = torch.zeros(11, 11).index_put((edge_index[0], edge_index[1]), edge_weight, accumulate=True)
+    starts = [0, 5, 7, 7]
+    for b, n in enumerate(num_nodes):
+        block = dense[starts[b]:starts[b] + n, starts[b]:starts[b] + n]
+        torch.testing.assert_close(block, adj[b, :n, :n])
+    edge_weight.sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_adjacency_to_pyg_matches_pyg_dense_to_sparse():
+    utils = pytest.importorskip("torch_geometric.utils")
+    adj = dfkd_fast.binary_concrete_adjacency(torch.randn(3, 6, 6), [6, 4, 2], 0.5, seed=8, hard=True)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 4, 2])[:, None]
+    expected_index, expected_weight = utils.dense_to_sparse(adj, mask)
+    edge_index, edge_weight, _ = dfkd_fast.adjacency_to_pyg(adj, [6, 4, 2])
+    ours = sorted(zip(edge_index[0].tolist(), edge_index[1].tolist(), edge_weight.tolist()))
+    theirs = sorted(zip(expected_index[0].tolist(), expected_index[1].tolist(), expected_weight.tolist()))
+    assert ours == theirs
+
+
+def test_module_stream_resumes_from_state_dict():
+    sampler = BinaryConcreteAdjacency(0.5, seed=13, k=3)
+    logits = torch.randn(2, 6, 6)
+    first = sampler(logits, [6, 6])
+    assert not torch.equal(sampler(logits, [6, 6]), first)  # a new offset each call
+    resumed = BinaryConcreteAdjacency(0.5, seed=0, k=3)
+    resumed.load_state_dict(sampler.state_dict())
+    torch.testing.assert_close(resumed(logits, [6, 6]), sampler(logits, [6, 6]), rtol=0, atol=0)
+
+
+def test_compile_fullgraph_matches_eager():
+    logits = torch.randn(2, 6, 6, requires_grad=True)
+    num_nodes = torch.tensor([6, 4])
+    fn = lambda t: dfkd_fast.binary_concrete_adjacency(t, num_nodes, 0.5, seed=3, k=4)
+    compiled = torch.compile(fn, fullgraph=True)
+    got, expected = compiled(logits), fn(logits)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), logits)[0],
+                               torch.autograd.grad(expected.sum(), logits)[0])
+
+
+LG = torch.randn(2, 4, 4)
+BAD_INPUTS = [
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG[:, :3], [4, 4]), ValueError, "must be square"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG[0], [4]), ValueError, "'logits' must have 3 dimensions"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG.long(), [4, 4]), TypeError, "'logits' must have dtype"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 5]), ValueError, "node counts in \\[0, 4\\]"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4]), ValueError, "one count per graph"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, torch.tensor([4.0, 4.0])), TypeError, "'num_nodes' must have"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], 0.0), ValueError, "'tau' must be a finite number > 0"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], k=-1), ValueError, "'k' must be >= 0"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], ratio=1.5), ValueError, "'ratio'"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], k=2, ratio=0.5), ValueError, "at most one of 'k'"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], seed=-1), ValueError, "'seed'"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], offset=2**64), ValueError, "'offset'"),
+    (lambda: dfkd_fast.adjacency_to_pyg(LG, [4, 4], max_edges=-2), ValueError, "'max_edges'"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", BAD_INPUTS)
+def test_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -1,0 +1,164 @@
+"""supcon_loss: the reference against an independent per-anchor loop, the custom ops, compile, bad inputs."""
+
+import math
+
+import pytest
+import torch
+
+import dfkd_fast
+from dfkd_fast.ops import supcon as supcon_ops
+from dfkd_fast.reference import supcon_loss_pairs_reference, supcon_loss_reference
+
+
+def loop_loss(anchors, anchor_labels, contrast, contrast_labels, temperature, base_temperature, self_offset):
+    """SupCon written anchor by anchor, straight from the paper's equation 2."""
+    terms = []
+    for i in range(anchors.shape[0]):
+        others = [j for j in range(contrast.shape[0]) if self_offset is None or j != i + self_offset]
+        positives = [j for j in others if contrast_labels[j] == anchor_labels[i]]
+        if not positives:
+            terms.append(anchors.new_zeros(()))
+            continue
+        sims = torch.stack([anchors[i] @ contrast[j] for j in others]) / temperature
+        log_denominator = torch.log(torch.exp(sims).sum())
+        log_probs = torch.stack([anchors[i] @ contrast[p] / temperature - log_denominator for p in positives])
+        terms.append(-(temperature / base_temperature) * log_probs.mean())
+    return torch.stack(terms).mean()
+
+
+def views_as_pairs(features, labels, mode):
+    batch, views, _ = features.shape
+    labels = torch.arange(batch) if labels is None else labels
+    contrast = torch.stack([features[b, v] for v in range(views) for b in range(batch)])
+    contrast_labels = torch.stack([labels[b] for v in range(views) for b in range(batch)])
+    if mode == "one":
+        return features[:, 0], labels, contrast, contrast_labels
+    return contrast, contrast_labels, contrast, contrast_labels
+
+
+LABELS = {
+    "random": lambda b: torch.randint(0, 3, (b,)),
+    "all_same": lambda b: torch.zeros(b, dtype=torch.long),
+    "all_distinct": lambda b: torch.arange(b),
+    "singletons": lambda b: torch.cat([torch.zeros(b - 2, dtype=torch.long), torch.tensor([5, 6])])[:b],
+    "none": lambda b: None,
+}
+
+
+@pytest.mark.parametrize("labels", sorted(LABELS))
+@pytest.mark.parametrize("views,mode", [(1, "all"), (2, "all"), (2, "one"), (3, "all")])
+def test_reference_matches_per_anchor_loop(labels, views, mode):
+    features = torch.nn.functional.normalize(torch.randn(5, views, 4, dtype=torch.float64), dim=2)
+    y = LABELS[labels](5)
+    expected = loop_loss(*views_as_pairs(features, y, mode), 0.5, 0.7, 0)
+    got = supcon_loss_reference(features, y, 0.5, 0.7, mode)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("self_offset", [None, 0, 3])
+def test_pairs_reference_matches_per_anchor_loop(self_offset):
+    anchors, contrast = torch.randn(4, 6, dtype=torch.float64), torch.randn(9, 6, dtype=torch.float64)
+    if self_offset is not None:
+        contrast[self_offset:self_offset + 4] = anchors
+    la, lc = torch.randint(0, 3, (4,)), torch.randint(0, 3, (9,))
+    if self_offset is not None:
+        lc[self_offset:self_offset + 4] = la
+    expected = loop_loss(anchors, la, contrast, lc, 0.3, 0.3, self_offset)
+    got = supcon_loss_pairs_reference(anchors, la, contrast, lc, 0.3, 0.3, self_offset)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lone_anchor_is_zero_and_finite():
+    features = torch.randn(1, 1, 3, dtype=torch.float64, requires_grad=True)
+    loss = supcon_loss_reference(features, torch.tensor([2]))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(features.grad).all()
+
+
+def test_reference_gradcheck():
+    features = torch.randn(6, 2, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 2, 1, 3])
+    assert torch.autograd.gradcheck(lambda f: supcon_loss_reference(f, labels, 0.5, normalize=True), (features,))
+
+
+@pytest.mark.parametrize("mode", ["all", "one"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_backends_agree(mode, normalize):
+    features = torch.randn(7, 2, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 4])
+    results = []
+    for backend in ("reference", "fused"):
+        loss = dfkd_fast.supcon_loss(features, labels, temperature=0.2, contrast_mode=mode, normalize=normalize,
+                                     backend=backend)
+        results.append((loss, *torch.autograd.grad(loss, features)))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_gradcheck():
+    features = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 1, 2])
+    assert torch.autograd.gradcheck(
+        lambda f: dfkd_fast.supcon_loss(f, labels, temperature=0.5, normalize=True, backend="fused"), (features,)
+    )
+
+
+@pytest.mark.parametrize("self_offset", [0, supcon_ops.NO_SELF])
+def test_opcheck(self_offset):
+    anchors = torch.randn(6, 4, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 1, 2, 2])
+    args = (anchors, labels, anchors, labels, 2.0, 1.0, self_offset, True)
+    torch.library.opcheck(supcon_ops.supcon_fwd, args)
+    _, lse = supcon_ops.supcon_fwd(*args)
+    torch.library.opcheck(
+        supcon_ops.supcon_bwd, (torch.tensor(1.0), anchors.detach(), labels, anchors.detach(), labels, lse, 2.0, 1.0,
+                                self_offset, True)
+    )
+
+
+def test_compile_fullgraph_matches_eager():
+    features = torch.randn(6, 2, 8, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 1, 2, 2])
+
+    def loss_fn(f):
+        return dfkd_fast.supcon_loss(f, labels, temperature=0.1, normalize=True)
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    expected, got = loss_fn(features), compiled(features)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got, features)[0], torch.autograd.grad(expected, features)[0])
+
+
+def test_module_face():
+    criterion = dfkd_fast.nn.SupConLoss(temperature=0.1, contrast_mode="one")
+    features, labels = torch.randn(4, 2, 3), torch.tensor([0, 0, 1, 1])
+    torch.testing.assert_close(criterion(features, labels),
+                               dfkd_fast.supcon_loss(features, labels, temperature=0.1, contrast_mode="one"))
+
+
+F = torch.randn(4, 2, 3)
+L = torch.tensor([0, 1, 0, 1])
+BAD_INPUTS = [
+    (lambda: dfkd_fast.supcon_loss(F[0], L), ValueError, "'features' must have 3 dimensions"),
+    (lambda: dfkd_fast.supcon_loss(F.long(), L), TypeError, "'features' must have dtype"),
+    (lambda: dfkd_fast.supcon_loss(F, L[:3]), ValueError, "'labels' must have length 4"),
+    (lambda: dfkd_fast.supcon_loss(F, L.float()), TypeError, "'labels' must have dtype"),
+    (lambda: dfkd_fast.supcon_loss(F, L.to("meta")), ValueError, "'labels' is on meta"),
+    (lambda: dfkd_fast.supcon_loss(F, L, temperature=0.0), ValueError, "'temperature' must be a finite number > 0"),
+    (lambda: dfkd_fast.supcon_loss(F, L, base_temperature=-1.0), ValueError, "'base_temperature'"),
+    (lambda: dfkd_fast.supcon_loss(F, L, temperature=math.nan), ValueError, "'temperature'"),
+    (lambda: dfkd_fast.supcon_loss(F, L, contrast_mode="two"), ValueError, "'contrast_mode' must be one of"),
+    (lambda: dfkd_fast.supcon_loss(torch.full((4, 2, 3), math.inf), L), ValueError, "NaN or infinite"),
+    (lambda: dfkd_fast.supcon_loss(F[:0], L[:0]), ValueError, "non-empty"),
+    (lambda: dfkd_fast.supcon_loss(F, L, backend="cuda"), ValueError, "backend must be one of"),
+    (lambda: dfkd_fast.supcon_loss_pairs(F[:, 0], L, F[:, 0, :2], L), ValueError, "D = 3 columns"),
+    (lambda: dfkd_fast.supcon_loss_pairs(F[:, 0], L, F[:, 0].double(), L), TypeError, "dtype of 'anchors'"),
+    (lambda: dfkd_fast.supcon_loss_pairs(F[:, 0], L, F[:, 0], L, self_offset=1), ValueError, "'self_offset'"),
+    (lambda: dfkd_fast.supcon_loss_pairs(F[:, 0], L, F[:, 0], L[:2]), ValueError, "'contrast_labels' must have"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", BAD_INPUTS)
+def test_bad_input(call, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
