@@ -13,9 +13,13 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+RUNTIME_DEPS = ["numpy", "tqdm", "pillow"]
+
+
 def _extensions():
+    """(ext_modules, cmdclass, torch requirement)."""
     if os.environ.get("DFKD_FAST_NO_EXT") == "1":
-        return [], {}
+        return [], {}, "torch>=2.6"
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
@@ -46,16 +50,19 @@ def _extensions():
         )
     else:
         ext = CppExtension("dfkd_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    # The compiled extension only loads into the torch it was built against (C++ ABI): require exactly that one.
+    requirement = "torch==" + torch.__version__.split("+")[0]
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}, requirement
 
 
-ext_modules, cmdclass = _extensions()
+ext_modules, cmdclass, torch_requirement = _extensions()
 
 setup(
     # kernels/ (the Triton sources) lives beside csrc/ at the top and installs as dfkd_fast.kernels:
     # nothing outside the dfkd_fast namespace is installed.
     packages=find_packages(include=["dfkd_fast", "dfkd_fast.*"]) + ["dfkd_fast.kernels"],
     package_dir={"dfkd_fast.kernels": "kernels"},
+    install_requires=[torch_requirement, *RUNTIME_DEPS],
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     include_package_data=False,
