@@ -78,7 +78,7 @@ def _stats_partial_kernel(
     shift = tl.zeros([BLOCK_C], dtype=ACC)
     acc1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=ACC)
     acc2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=ACC)
-    count = 0
+    count = tl.zeros([], dtype=tl.int64)
     for u in range(first, last):
         n = u // s_blocks
         s = (u % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)

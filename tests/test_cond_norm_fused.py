@@ -10,6 +10,10 @@ place: the interpreter truncates bf16 stores where a GPU rounds to nearest).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -316,6 +320,74 @@ def test_train_single_value_per_channel_raises():
     # eval mode with running statistics is fine for a single value
     y = class_conditional_batch_norm(x, labels, weight, bias, rm, rv, training=False, backend="fused")
     assert y.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real (non-interpreted) Triton compiler, for an H100, without a GPU
+
+
+def _hopper_ptx(fn, *, x_dtype="bf16", acc="fp32", unit_stride=None, **constexprs) -> str:
+    """PTX of ``fn`` compiled for sm_90 with the specialisation a launch would get on contiguous data: pointers
+    and integer arguments divisible by 16, the unit stride (``"s"``: NCHW, ``"c"``: channels_last) a constant 1."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, attrs = {}, {}
+    for i, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs.setdefault(name, tl.float64 if acc == "fp64" else tl.float32)  # ACC
+        elif unit_stride is not None and name.startswith("stride_") and name.endswith(unit_stride):
+            signature[name], constexprs[name] = "constexpr", 1
+        elif name.endswith("_ptr"):
+            big = name in ("x_ptr", "y_ptr", "dy_ptr", "dx_ptr", "weight_ptr", "bias_ptr")
+            index = name in ("labels_ptr", "order_ptr", "bounds_ptr")
+            signature[name] = "*i64" if index else "*" + (x_dtype if big else acc)
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in ("eps", "momentum"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride_") or name in ("C", "S", "count"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8}).asm["ptx"]
+
+
+def compile_all_for_hopper() -> None:
+    """Compile every kernel for sm_90 (run in a process without TRITON_INTERPRET); the tile loads must be 128-bit
+    vectors in both layouts."""
+    from dfkd_fast.kernels import cond_norm as k
+
+    tiled = (k._stats_partial_kernel, k._cbn_fwd_kernel, k._cbn_bwd_partial_kernel, k._cbn_bwd_dx_kernel,
+             k._bn_stats_bwd_kernel)
+    for unit_stride, blocks in (("s", dict(BLOCK_S=1024, BLOCK_C=8)), ("c", dict(BLOCK_S=64, BLOCK_C=128))):
+        for fn in tiled:
+            extra = {"BATCH_STATS": True} if "BATCH_STATS" in fn.arg_names else {}
+            ptx = _hopper_ptx(fn, unit_stride=unit_stride, **blocks, **extra)
+            assert "ld.global.v4.b32" in ptx, f"{fn.__name__} ({unit_stride} contiguous): tile loads not vectorised"
+    _hopper_ptx(k._stats_partial_kernel, acc="fp64", x_dtype="fp64", unit_stride="s", BLOCK_S=256, BLOCK_C=8)
+    _hopper_ptx(k._cbn_bwd_dx_kernel, unit_stride="s", BLOCK_S=1024, BLOCK_C=8, BATCH_STATS=False)
+    for loss in (False, True):
+        _hopper_ptx(k._stats_merge_kernel, BLOCK_P=128, BLOCK_C=32, LOSS=loss)
+    _hopper_ptx(k._bn_stats_loss_kernel, BLOCK_B=16)
+    _hopper_ptx(k._running_stats_kernel, BLOCK_C=128)
+    _hopper_ptx(k._cbn_bwd_class_kernel, BLOCK_C=128)
+    _hopper_ptx(k._cbn_bwd_moments_kernel, BLOCK_K=32, BLOCK_C=64)
+
+
+def test_kernels_compile_for_hopper():
+    """The interpreter runs code that the compiler rejects (e.g. a loop-carried int32 that becomes int64): compile
+    the kernels for an H100 with the real Triton compiler, in a fresh process (this one imported triton in
+    interpreter mode)."""
+    pytest.importorskip("triton.backends.nvidia", reason="triton without its CUDA backend")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    code = f"import runpy; runpy.run_path({__file__!r})['compile_all_for_hopper']()"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 # ---------------------------------------------------------------------------------------------------------------
