@@ -12,10 +12,8 @@ Batch statistics (train-mode CBN, BN-statistics loss): two passes, no atomics, s
    does) and writes its count n_p, mean_p and M2_p = Σ (x - mean_p)².
 2. ``_stats_merge_kernel`` (one program per channel block): mean = Σ_p n_p mean_p / M and
    var = Σ_p [M2_p + n_p (mean_p - mean)²] / M, M = N·S (Chan, Golub and LeVeque's pairwise formula, over all
-   partials at once). For the BN-statistics loss it also writes the block's squared gaps to the running statistics,
-   which ``_bn_stats_loss_kernel`` sums into ||mean - rm||₂ + ||var - rv||₂. The running-statistics update of
-   ``nn.BatchNorm2d`` (CBN, train mode) is ``_running_stats_kernel``, a separate op because an op with an autograd
-   formula may not mutate its inputs.
+   partials at once). The running-statistics update of ``nn.BatchNorm2d`` (CBN, train mode) is
+   ``_running_stats_kernel``, a separate op because an op with an autograd formula may not mutate its inputs.
 
 CBN, with r_c = 1 / sqrt(var_c + eps), x̂ = (x - mean) · r and l_n the label of sample n:
 
@@ -30,7 +28,8 @@ statistics) they are 0. The per-class sums visit the rows of each class in label
 class: deterministic, and O(N·C) whatever the number of classes.
 
 BN-statistics loss L = ||mean - rm||₂ + ||var - rv||₂: the forward is the two statistics passes above (one read of
-x); the backward is one elementwise pass (``_bn_stats_bwd_kernel``):
+x) and ``_bn_stats_norms_kernel`` (one program over the C channels); the backward recomputes the two norms the same
+way and makes one elementwise pass (``_bn_stats_bwd_kernel``):
 
     dx = dL · [u_mean,c / M + 2 u_var,c (x - mean_c) / M],   u = gap / ||gap||₂ (0 where the gap is 0)
 
@@ -101,14 +100,11 @@ def _stats_partial_kernel(
 @triton.jit
 def _stats_merge_kernel(
     mean_ptr, var_ptr,  # [C] ACC: batch mean and biased variance
-    gaps_ptr,  # [num_programs, 2] ACC (LOSS): this block's Σ (mean - rm)² and Σ (var - rv)²
-    running_mean_ptr, running_var_ptr,  # [C] (LOSS)
     part_count_ptr, part_mean_ptr, part_m2_ptr,  # [P], [P, C], [P, C] ACC
     P, C, count,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, LOSS: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    block = tl.program_id(0)
-    cols = block * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     rows = tl.arange(0, BLOCK_P)
     total = tl.zeros([BLOCK_C], dtype=ACC)
@@ -129,30 +125,32 @@ def _stats_merge_kernel(
         m2_p = tl.load(part_m2_ptr + offs, mask=mask, other=0.0)
         d = m_p - mean[None, :]
         m2 += tl.sum(m2_p + n_p[:, None] * d * d, axis=0)
-    var = m2 / count
     tl.store(mean_ptr + cols, mean, mask=cmask)
-    tl.store(var_ptr + cols, var, mask=cmask)
-    if LOSS:
-        rm = tl.load(running_mean_ptr + cols, mask=cmask, other=0.0).to(ACC)
-        rv = tl.load(running_var_ptr + cols, mask=cmask, other=0.0).to(ACC)
-        gap_mean = tl.where(cmask, mean - rm, 0.0)
-        gap_var = tl.where(cmask, var - rv, 0.0)
-        tl.store(gaps_ptr + 2 * block, tl.sum(gap_mean * gap_mean, axis=0))
-        tl.store(gaps_ptr + 2 * block + 1, tl.sum(gap_var * gap_var, axis=0))
+    tl.store(var_ptr + cols, m2 / count, mask=cmask)
 
 
 @triton.jit
-def _bn_stats_loss_kernel(
+def _bn_stats_norms_kernel(
     loss_ptr,  # [] ACC: ||mean - rm|| + ||var - rv||
     norms_ptr,  # [2] ACC: ||mean - rm||, ||var - rv||
-    gaps_ptr,  # [B, 2] ACC: squared gaps per channel block
-    B,
-    BLOCK_B: tl.constexpr,
+    mean_ptr, var_ptr,  # [C] ACC
+    running_mean_ptr, running_var_ptr,  # [C]
+    C,
+    BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    blocks = tl.arange(0, BLOCK_B)
-    bmask = blocks < B
-    norm_mean = tl.sqrt(tl.sum(tl.load(gaps_ptr + 2 * blocks, mask=bmask, other=0.0), axis=0))
-    norm_var = tl.sqrt(tl.sum(tl.load(gaps_ptr + 2 * blocks + 1, mask=bmask, other=0.0), axis=0))
+    sq_mean = tl.zeros([BLOCK_C], dtype=ACC)
+    sq_var = tl.zeros([BLOCK_C], dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):  # one program: C values, a few blocks at most
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        gap_mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0) - tl.load(
+            running_mean_ptr + cols, mask=cmask, other=0.0).to(ACC)
+        gap_var = tl.load(var_ptr + cols, mask=cmask, other=0.0) - tl.load(
+            running_var_ptr + cols, mask=cmask, other=0.0).to(ACC)
+        sq_mean += gap_mean * gap_mean
+        sq_var += gap_var * gap_var
+    norm_mean = tl.sqrt(tl.sum(sq_mean, axis=0))
+    norm_var = tl.sqrt(tl.sum(sq_var, axis=0))
     tl.store(norms_ptr, norm_mean)
     tl.store(norms_ptr + 1, norm_var)
     tl.store(loss_ptr, norm_mean + norm_var)
@@ -378,6 +376,10 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _torch_acc(acc) -> torch.dtype:
+    return torch.float64 if acc == tl.float64 else torch.float32
+
+
 def _ncs_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
     """Strides (n, c, s) of ``t`` seen as [N, C, S], or None when its spatial dims do not flatten to one stride."""
     stride_s, expected = 1, None
@@ -449,8 +451,8 @@ def _launch_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _batch_stats(x, xs, tiling: _Tiling, acc, running_mean=None, running_var=None, loss=False):
-    """Two-pass batch mean and biased variance [C]; with ``loss``, also the BN-statistics loss and its norms."""
+def _batch_stats(x, xs, tiling: _Tiling, acc) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and biased variance [C] in ACC: per-program partials, then a merge per channel block."""
     t = tiling
     if INTERPRETING:  # a few programs: every merge path runs, without paying for many interpreted programs
         per_program = triton.cdiv(t.num_units, 3)
@@ -458,7 +460,7 @@ def _batch_stats(x, xs, tiling: _Tiling, acc, running_mean=None, running_var=Non
         per_program = max(triton.cdiv(t.num_units * t.c_blocks, 4 * _sm_count(x.device)),
                           triton.cdiv(t.num_units, MAX_PARTIALS))
     programs = triton.cdiv(t.num_units, per_program)
-    stat = torch.float64 if acc == tl.float64 else torch.float32
+    stat = _torch_acc(acc)
     part_count = torch.empty(programs, dtype=stat, device=x.device)
     part_mean = torch.empty(programs, t.C, dtype=stat, device=x.device)
     part_m2 = torch.empty(programs, t.C, dtype=stat, device=x.device)
@@ -469,18 +471,23 @@ def _batch_stats(x, xs, tiling: _Tiling, acc, running_mean=None, running_var=Non
     mean = torch.empty(t.C, dtype=stat, device=x.device)
     var = torch.empty(t.C, dtype=stat, device=x.device)
     block_c = min(_next_pow2(t.C), max(1, MAX_TILE // 256))
-    merge_programs = triton.cdiv(t.C, block_c)
-    gaps = torch.empty(merge_programs, 2, dtype=stat, device=x.device) if loss else None
-    _stats_merge_kernel[(merge_programs,)](
-        mean, var, gaps, running_mean, running_var, part_count, part_mean, part_m2, programs, t.C, t.count,
-        BLOCK_P=min(_next_pow2(programs), MAX_PARTIALS), BLOCK_C=block_c, LOSS=loss, ACC=acc, num_warps=4,
+    _stats_merge_kernel[(triton.cdiv(t.C, block_c),)](
+        mean, var, part_count, part_mean, part_m2, programs, t.C, t.count,
+        BLOCK_P=min(_next_pow2(programs), MAX_PARTIALS), BLOCK_C=block_c, ACC=acc, num_warps=4,
     )
-    if not loss:
-        return mean, var, None, None
-    loss_out = torch.empty((), dtype=stat, device=x.device)
-    norms = torch.empty(2, dtype=stat, device=x.device)
-    _bn_stats_loss_kernel[(1,)](loss_out, norms, gaps, merge_programs, BLOCK_B=_next_pow2(merge_programs))
-    return mean, var, loss_out, norms
+    return mean, var
+
+
+def _bn_stats_norms(mean, var, running_mean, running_var) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, norms[2] = (||mean - rm||, ||var - rv||)) in ACC, one launch."""
+    channels = mean.shape[0]
+    loss = torch.empty((), dtype=mean.dtype, device=mean.device)
+    norms = torch.empty(2, dtype=mean.dtype, device=mean.device)
+    _bn_stats_norms_kernel[(1,)](
+        loss, norms, mean, var, running_mean, running_var, channels,
+        BLOCK_C=min(_next_pow2(channels), 1024), ACC=_acc(mean.dtype), num_warps=4,
+    )
+    return loss, norms
 
 
 def cond_norm_forward(
@@ -499,10 +506,9 @@ def cond_norm_forward(
         x_in, xs = _input(x)
         t = _Tiling(x_in, xs)
         if use_batch_stats:
-            mean, var, _, _ = _batch_stats(x_in, xs, t, acc)
+            mean, var = _batch_stats(x_in, xs, t, acc)
         else:
-            stat = torch.float64 if acc == tl.float64 else torch.float32
-            mean, var = running_mean.to(stat, copy=True), running_var.to(stat, copy=True)
+            mean, var = running_mean.to(_torch_acc(acc), copy=True), running_var.to(_torch_acc(acc), copy=True)
         y = torch.empty_like(x)
         y_buf, ys = _output(y)
         _cbn_fwd_kernel[(t.num_units, t.c_blocks)](
@@ -579,14 +585,13 @@ def cond_norm_backward(
 
 def bn_stats_forward(
     x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, mean[C], var[C], norms[2] = (||mean - rm||, ||var - rv||)) in the compute dtype; one read of x."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, mean[C], var[C]) in the compute dtype, from one read of x."""
     with _launch_device(x):
         x_in, xs = _input(x)
-        mean, var, loss, norms = _batch_stats(
-            x_in, xs, _Tiling(x_in, xs), _acc(x.dtype), running_mean, running_var, loss=True
-        )
-        return loss, mean, var, norms
+        mean, var = _batch_stats(x_in, xs, _Tiling(x_in, xs), _acc(x.dtype))
+        loss, _ = _bn_stats_norms(mean, var, running_mean, running_var)
+        return loss, mean, var
 
 
 def bn_stats_backward(
@@ -596,12 +601,12 @@ def bn_stats_backward(
     running_var: torch.Tensor,
     mean: torch.Tensor,
     var: torch.Tensor,
-    norms: torch.Tensor,
 ) -> torch.Tensor:
     """dx, in x's dtype and layout."""
     with _launch_device(x):
         x_in, xs = _input(x)
         t = _Tiling(x_in, xs)
+        _, norms = _bn_stats_norms(mean, var, running_mean, running_var)
         dx = torch.empty_like(x)
         dx_buf, dxs = _output(dx)
         _bn_stats_bwd_kernel[(t.num_units, t.c_blocks)](

@@ -137,8 +137,8 @@ def test_gradcheck():
 def test_opcheck():
     x, rm, rv = make_case((3, 4, 2, 3))
     torch.library.opcheck(bn_stats_ops.bn_stats_fwd, (x.requires_grad_(), rm, rv))
-    _, mean, var, norms = bn_stats_ops.bn_stats_fwd(x.detach(), rm, rv)
-    torch.library.opcheck(bn_stats_ops.bn_stats_bwd, (torch.tensor(0.7), x.detach(), rm, rv, mean, var, norms))
+    _, mean, var = bn_stats_ops.bn_stats_fwd(x.detach(), rm, rv)
+    torch.library.opcheck(bn_stats_ops.bn_stats_bwd, (torch.tensor(0.7), x.detach(), rm, rv, mean, var))
 
 
 def test_compile_fullgraph_parity():

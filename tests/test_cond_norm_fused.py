@@ -371,9 +371,8 @@ def compile_all_for_hopper() -> None:
             assert "ld.global.v4.b32" in ptx, f"{fn.__name__} ({unit_stride} contiguous): tile loads not vectorised"
     _hopper_ptx(k._stats_partial_kernel, acc="fp64", x_dtype="fp64", unit_stride="s", BLOCK_S=256, BLOCK_C=8)
     _hopper_ptx(k._cbn_bwd_dx_kernel, unit_stride="s", BLOCK_S=1024, BLOCK_C=8, BATCH_STATS=False)
-    for loss in (False, True):
-        _hopper_ptx(k._stats_merge_kernel, BLOCK_P=128, BLOCK_C=32, LOSS=loss)
-    _hopper_ptx(k._bn_stats_loss_kernel, BLOCK_B=16)
+    _hopper_ptx(k._stats_merge_kernel, BLOCK_P=128, BLOCK_C=32)
+    _hopper_ptx(k._bn_stats_norms_kernel, BLOCK_C=512)
     _hopper_ptx(k._running_stats_kernel, BLOCK_C=128)
     _hopper_ptx(k._cbn_bwd_class_kernel, BLOCK_C=128)
     _hopper_ptx(k._cbn_bwd_moments_kernel, BLOCK_K=32, BLOCK_C=64)

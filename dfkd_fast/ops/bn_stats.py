@@ -1,7 +1,7 @@
 """bn_stats_loss: the DeepInversion batch-norm statistics loss of one BatchNorm input.
 
-Custom ops ``dfkd_fast::bn_stats_fwd`` (loss, the fp32 per-channel mean and biased variance, and the two norms,
-from one read of the input) and ``dfkd_fast::bn_stats_bwd`` (dx, one elementwise pass), both launching the Triton
+Custom ops ``dfkd_fast::bn_stats_fwd`` (loss and the fp32 per-channel mean and biased variance, from one read of
+the input) and ``dfkd_fast::bn_stats_bwd`` (dx, one elementwise pass), both launching the Triton
 kernels of :mod:`dfkd_fast.kernels.cond_norm`; their fake kernels and autograd formula, and the validated
 functional API.
 The maths is in :mod:`dfkd_fast.reference.bn_stats`; the hooks that apply it to every BatchNorm of a model are
@@ -20,8 +20,8 @@ from dfkd_fast.reference.bn_stats import bn_stats_loss_reference
 
 
 @torch.library.custom_op("dfkd_fast::bn_stats_fwd", mutates_args=())
-def bn_stats_fwd(x: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(loss, mean[C], var[C], norms[2] = (||mean - rm||, ||var - rv||)) in the compute dtype, from one read of x."""
+def bn_stats_fwd(x: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, mean[C], var[C]) in the compute dtype, from one read of x."""
     from dfkd_fast.kernels.cond_norm import bn_stats_forward
 
     return bn_stats_forward(x, running_mean, running_var)
@@ -31,8 +31,7 @@ def bn_stats_fwd(x: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple[
 def _(x, running_mean, running_var):
     acc = compute_dtype(x.dtype)
     channels = x.shape[1]
-    return (x.new_empty((), dtype=acc), x.new_empty(channels, dtype=acc), x.new_empty(channels, dtype=acc),
-            x.new_empty(2, dtype=acc))
+    return x.new_empty((), dtype=acc), x.new_empty(channels, dtype=acc), x.new_empty(channels, dtype=acc)
 
 
 @torch.library.custom_op("dfkd_fast::bn_stats_bwd", mutates_args=())
@@ -43,16 +42,15 @@ def bn_stats_bwd(
     running_var: Tensor,
     mean: Tensor,
     var: Tensor,
-    norms: Tensor,
 ) -> Tensor:
     """dx = dL · [u_mean / M + 2 u_var (x - mean) / M], u = the unit vectors of the two gaps (0 for a zero gap)."""
     from dfkd_fast.kernels.cond_norm import bn_stats_backward
 
-    return bn_stats_backward(grad_loss, x, running_mean, running_var, mean, var, norms)
+    return bn_stats_backward(grad_loss, x, running_mean, running_var, mean, var)
 
 
 @bn_stats_bwd.register_fake
-def _(grad_loss, x, running_mean, running_var, mean, var, norms):
+def _(grad_loss, x, running_mean, running_var, mean, var):
     return torch.empty_like(x)
 
 
@@ -61,7 +59,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[1:])
 
 
-def _backward(ctx, grad_loss, _grad_mean, _grad_var, _grad_norms):
+def _backward(ctx, grad_loss, _grad_mean, _grad_var):
     return bn_stats_bwd(grad_loss, *ctx.saved_tensors), None, None
 
 
