@@ -502,6 +502,12 @@ def cond_norm_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean[C], var[C]): batch statistics (biased variance), or copies of the running ones."""
     acc = _acc(x.dtype)
+    if x.numel() == 0:  # an empty batch (eval mode): nothing to launch; batch statistics of nothing are NaN
+        if use_batch_stats:
+            mean = var = torch.full((x.shape[1],), math.nan, dtype=_torch_acc(acc), device=x.device)
+        else:
+            mean, var = running_mean.to(_torch_acc(acc), copy=True), running_var.to(_torch_acc(acc), copy=True)
+        return torch.empty_like(x), mean, var.clone()
     with _launch_device(x):
         x_in, xs = _input(x)
         t = _Tiling(x_in, xs)
@@ -546,6 +552,8 @@ def cond_norm_backward(
     """(dx, dweight[K, C], dbias[K, C]); the tables in weight's dtype."""
     acc = _acc(x.dtype)
     num_classes = weight.shape[0]
+    if x.numel() == 0:
+        return torch.empty_like(x), torch.zeros_like(weight), torch.zeros_like(weight)
     with _launch_device(x):
         x_in, xs = _input(x)
         dy, dys = _input(grad_y)

@@ -153,6 +153,15 @@ def test_eval_single_sample_uses_running_stats(x_layout):
     assert torch.equal(rm, case[4]) and torch.equal(rv, case[5]), "eval mode must not touch the running statistics"
 
 
+def test_empty_batch_in_eval():
+    x, labels, weight, bias, rm, rv, _ = make_case((0, 3, 2, 2))
+    x.requires_grad_()
+    y = class_conditional_batch_norm(x, labels, weight, bias, rm, rv, training=False, backend="fused")
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_no_running_stats_uses_batch_stats_in_eval():
     check(make_case((3, 4, 2, 3)), training=False, stats=False)
 
