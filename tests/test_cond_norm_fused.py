@@ -220,13 +220,12 @@ def test_gradcheck(training):
 
 def test_opcheck():
     x, labels, weight, bias, rm, rv, grad = make_case((3, 4, 2, 3), num_classes=3)
-    x.requires_grad_()
-    weight.requires_grad_()
-    bias.requires_grad_()
-    torch.library.opcheck(cond_norm_ops.cond_norm_fwd, (x, labels, weight, bias, rm, rv, True, 1e-3))
-    torch.library.opcheck(cond_norm_ops.cond_norm_fwd, (x, labels, weight, bias, rm, rv, False, 1e-3))
-    _, mean, var = cond_norm_ops.cond_norm_fwd(x.detach(), labels, weight.detach(), bias.detach(), rm, rv, True, 1e-3)
-    torch.library.opcheck(cond_norm_ops.cond_norm_bwd, (grad, x.detach(), labels, weight.detach(), mean, var, True, 1e-3))
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    for use_batch_stats in (True, False):
+        torch.library.opcheck(cond_norm_ops.cond_norm_fwd,
+                              (leaves[0], labels, leaves[1], leaves[2], rm, rv, use_batch_stats, 1e-3))
+        _, mean, var = cond_norm_ops.cond_norm_fwd(x, labels, weight, bias, rm, rv, use_batch_stats, 1e-3)
+        torch.library.opcheck(cond_norm_ops.cond_norm_bwd, (grad, x, labels, weight, mean, var, use_batch_stats, 1e-3))
     torch.library.opcheck(cond_norm_ops.cond_norm_update_running, (rm, rv, mean, var, 18, 0.1))
 
 
@@ -348,7 +347,8 @@ def _hopper_ptx(fn, *, x_dtype="bf16", acc="fp32", unit_stride=None, **constexpr
         name = param.name
         if param.is_constexpr:
             signature[name] = "constexpr"
-            constexprs.setdefault(name, tl.float64 if acc == "fp64" else tl.float32)  # ACC
+            if name == "ACC":
+                constexprs[name] = tl.float64 if acc == "fp64" else tl.float32
         elif unit_stride is not None and name.startswith("stride_") and name.endswith(unit_stride):
             signature[name], constexprs[name] = "constexpr", 1
         elif name.endswith("_ptr"):

@@ -1,9 +1,8 @@
 """bn_stats_loss: the DeepInversion batch-norm statistics loss of one BatchNorm input.
 
 Custom ops ``dfkd_fast::bn_stats_fwd`` (loss and the fp32 per-channel mean and biased variance, from one read of
-the input) and ``dfkd_fast::bn_stats_bwd`` (dx, one elementwise pass), both launching the Triton
-kernels of :mod:`dfkd_fast.kernels.cond_norm`; their fake kernels and autograd formula, and the validated
-functional API.
+the input) and ``dfkd_fast::bn_stats_bwd`` (dx, one elementwise pass), which launch the Triton kernels of
+:mod:`dfkd_fast.kernels.cond_norm`; their fake kernels and autograd formula, and the validated functional API.
 The maths is in :mod:`dfkd_fast.reference.bn_stats`; the hooks that apply it to every BatchNorm of a model are
 :class:`dfkd_fast.nn.BNStatsLoss`.
 """
@@ -30,18 +29,12 @@ def bn_stats_fwd(x: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple[
 @bn_stats_fwd.register_fake
 def _(x, running_mean, running_var):
     acc = compute_dtype(x.dtype)
-    channels = x.shape[1]
-    return x.new_empty((), dtype=acc), x.new_empty(channels, dtype=acc), x.new_empty(channels, dtype=acc)
+    return x.new_empty((), dtype=acc), x.new_empty(x.shape[1], dtype=acc), x.new_empty(x.shape[1], dtype=acc)
 
 
 @torch.library.custom_op("dfkd_fast::bn_stats_bwd", mutates_args=())
 def bn_stats_bwd(
-    grad_loss: Tensor,
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    mean: Tensor,
-    var: Tensor,
+    grad_loss: Tensor, x: Tensor, running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor
 ) -> Tensor:
     """dx = dL · [u_mean / M + 2 u_var (x - mean) / M], u = the unit vectors of the two gaps (0 for a zero gap)."""
     from dfkd_fast.kernels.cond_norm import bn_stats_backward
@@ -55,8 +48,8 @@ def _(grad_loss, x, running_mean, running_var, mean, var):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, *output[1:])  # x, the running statistics and O(C) statistics
-    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(*inputs, output[1], output[2])  # x, the running and the batch statistics
+    ctx.mark_non_differentiable(output[1], output[2])
 
 
 def _backward(ctx, grad_loss, _grad_mean, _grad_var):

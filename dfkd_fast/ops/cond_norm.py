@@ -2,8 +2,9 @@
 
 Custom ops ``dfkd_fast::cond_norm_fwd`` (output and the fp32 per-channel mean and biased variance),
 ``dfkd_fast::cond_norm_bwd`` (dx and the per-class dgamma/dbeta tables) and ``dfkd_fast::cond_norm_update_running``
-(the in-place running-statistics update), all launching the Triton kernels of :mod:`dfkd_fast.kernels.cond_norm`;
-their fake kernels and autograd formula, and the validated functional API. The maths is in :mod:`dfkd_fast.reference.cond_norm`.
+(the in-place running-statistics update), which launch the Triton kernels of :mod:`dfkd_fast.kernels.cond_norm`;
+their fake kernels and autograd formula, and the validated functional API. The maths is in
+:mod:`dfkd_fast.reference.cond_norm`.
 """
 
 from __future__ import annotations
