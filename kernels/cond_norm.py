@@ -484,7 +484,7 @@ def _bn_stats_norms(mean, var, running_mean, running_var) -> tuple[torch.Tensor,
     loss = torch.empty((), dtype=mean.dtype, device=mean.device)
     norms = torch.empty(2, dtype=mean.dtype, device=mean.device)
     _bn_stats_norms_kernel[(1,)](
-        loss, norms, mean, var, running_mean, running_var, channels,
+        loss, norms, mean, var, running_mean.contiguous(), running_var.contiguous(), channels,
         BLOCK_C=min(_next_pow2(channels), 1024), ACC=_acc(mean.dtype), num_warps=4,
     )
     return loss, norms
@@ -518,7 +518,7 @@ def cond_norm_forward(
         y = torch.empty_like(x)
         y_buf, ys = _output(y)
         _cbn_fwd_kernel[(t.num_units, t.c_blocks)](
-            y_buf, *ys, x_in, *xs, labels, weight.contiguous(), bias.contiguous(), mean, var,
+            y_buf, *ys, x_in, *xs, labels.contiguous(), weight.contiguous(), bias.contiguous(), mean, var,
             float(eps), t.C, t.S, t.s_blocks,
             BLOCK_S=t.block_s, BLOCK_C=t.block_c, ACC=acc, num_warps=t.num_warps,
         )
@@ -532,11 +532,14 @@ def update_running_stats(
     """In-place running-statistics update from the batch statistics of ``count`` values per channel (one launch)."""
     channels = mean.shape[0]
     block_c = min(_next_pow2(channels), 1024)
+    # the kernel writes unit-stride vectors: a strided view is updated through a contiguous copy
+    rm, rv = running_mean.contiguous(), running_var.contiguous()
     with _launch_device(mean):
         _running_stats_kernel[(triton.cdiv(channels, block_c),)](
-            running_mean, running_var, mean, var, channels, count, float(momentum),
-            BLOCK_C=block_c, ACC=_acc(mean.dtype), num_warps=4,
+            rm, rv, mean, var, channels, count, float(momentum), BLOCK_C=block_c, ACC=_acc(mean.dtype), num_warps=4,
         )
+    _finish(running_mean, rm)
+    _finish(running_var, rv)
 
 
 def cond_norm_backward(
@@ -585,7 +588,8 @@ def cond_norm_backward(
         dx = torch.empty_like(x)
         dx_buf, dxs = _output(dx)
         _cbn_bwd_dx_kernel[(t.num_units, t.c_blocks)](
-            dx_buf, *dxs, dy, *dys, x_in, *xs, labels, weight, mean, var, a, b, float(eps), t.C, t.S, t.s_blocks,
+            dx_buf, *dxs, dy, *dys, x_in, *xs, labels.contiguous(), weight, mean, var, a, b, float(eps), t.C, t.S,
+            t.s_blocks,
             BLOCK_S=t.block_s, BLOCK_C=t.block_c, BATCH_STATS=use_batch_stats, ACC=acc, num_warps=t.num_warps,
         )
         return _finish(dx, dx_buf), dgamma.to(weight.dtype), dbeta.to(weight.dtype)
@@ -618,7 +622,7 @@ def bn_stats_backward(
         dx = torch.empty_like(x)
         dx_buf, dxs = _output(dx)
         _bn_stats_bwd_kernel[(t.num_units, t.c_blocks)](
-            dx_buf, *dxs, x_in, *xs, grad_loss, norms, mean, var, running_mean, running_var,
+            dx_buf, *dxs, x_in, *xs, grad_loss, norms, mean, var, running_mean.contiguous(), running_var.contiguous(),
             t.C, t.S, t.s_blocks, t.count,
             BLOCK_S=t.block_s, BLOCK_C=t.block_c, ACC=_acc(x.dtype), num_warps=t.num_warps,
         )

@@ -119,6 +119,11 @@ def test_low_precision(dtype):
     check(x, rm.to(dtype), rv.to(dtype), dx_tol=DX_TOL[dtype])  # running statistics in the activation dtype
 
 
+def test_strided_running_stats():
+    x, rm, rv = make_case((3, 4, 2, 3))
+    check(x, torch.stack([rm, rm], 1)[:, 0], torch.stack([rv, rv], 1)[:, 1])
+
+
 def test_zero_gap_has_zero_subgradient():
     """A gap of exactly 0 contributes 0 to the loss and (as autograd's norm) 0 to the gradient."""
     x = torch.tensor([1.5, -2.0]).view(1, 2, 1, 1).expand(3, 2, 2, 2).contiguous()

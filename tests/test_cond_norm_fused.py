@@ -187,6 +187,20 @@ def test_absent_classes_get_zero_gradient():
     assert torch.all(dw[absent] == 0) and torch.all(db[absent] == 0)
 
 
+def test_strided_labels_tables_and_running_stats():
+    x, labels, weight, bias, rm, rv, grad = make_case((5, 3, 2, 3), num_classes=4)
+    want = reference(x, labels, weight, bias, rm, rv, grad, training=True)
+    stats = torch.stack([rm, rv, rm], 1)  # running statistics as strided columns of one buffer
+    strided_labels = torch.stack([labels, labels.flip(0)], 1)[:, 0]
+    tables = [t.t().contiguous().t().requires_grad_() for t in (weight, bias)]  # transposed [K, C] layouts
+    xg = x.clone().requires_grad_()
+    y = class_conditional_batch_norm(xg, strided_labels, *tables, stats[:, 0], stats[:, 1], backend="fused")
+    got = (y, stats[:, 0], stats[:, 1], *torch.autograd.grad(y, (xg, *tables), grad))
+    for name, g, w in zip(("y", "running_mean", "running_var", "dx", "dweight", "dbias"), got, want):
+        assert_rel(g, w, 1e-5, name)
+    assert torch.equal(stats[:, 2], rm), "the update must not write outside the strided view"
+
+
 def test_all_same_label():
     check(make_case((4, 3, 3, 3), num_classes=3, labels=torch.full((4,), 2)), training=True)
 

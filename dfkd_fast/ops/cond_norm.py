@@ -61,7 +61,7 @@ def cond_norm_bwd(
 
 @cond_norm_bwd.register_fake
 def _(grad_y, x, labels, weight, mean, var, use_batch_stats, eps):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+    return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output):
