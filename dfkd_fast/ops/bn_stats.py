@@ -1,7 +1,8 @@
 """bn_stats_loss: the DeepInversion batch-norm statistics loss of one BatchNorm input.
 
-Custom ops ``dfkd_fast::bn_stats_fwd`` (loss and the fp32 per-channel mean and biased variance) and
-``dfkd_fast::bn_stats_bwd`` (dx), their fake kernels and autograd formula, and the validated functional API.
+Custom ops ``dfkd_fast::bn_stats_fwd`` (loss and the fp32 per-channel mean and biased variance, from one read of
+the input) and ``dfkd_fast::bn_stats_bwd`` (dx, one elementwise pass), which launch the Triton kernels of
+:mod:`dfkd_fast.kernels.cond_norm`; their fake kernels and autograd formula, and the validated functional API.
 The maths is in :mod:`dfkd_fast.reference.bn_stats`; the hooks that apply it to every BatchNorm of a model are
 :class:`dfkd_fast.nn.BNStatsLoss`.
 """
@@ -13,17 +14,16 @@ from torch import Tensor
 
 from dfkd_fast import _checks
 from dfkd_fast._backend import use_fused
-from dfkd_fast.reference._common import compute_dtype, reduce_dims
+from dfkd_fast.reference._common import compute_dtype
 from dfkd_fast.reference.bn_stats import bn_stats_loss_reference
 
 
 @torch.library.custom_op("dfkd_fast::bn_stats_fwd", mutates_args=())
 def bn_stats_fwd(x: Tensor, running_mean: Tensor, running_var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, mean[C], var[C]) in the compute dtype."""
-    acc = compute_dtype(x.dtype)
-    var, mean = torch.var_mean(x.to(acc), dim=reduce_dims(x), correction=0)
-    loss = torch.linalg.vector_norm(mean - running_mean.to(acc)) + torch.linalg.vector_norm(var - running_var.to(acc))
-    return loss, mean, var
+    """(loss, mean[C], var[C]) in the compute dtype, from one read of x."""
+    from dfkd_fast.kernels.cond_norm import bn_stats_forward
+
+    return bn_stats_forward(x, running_mean, running_var)
 
 
 @bn_stats_fwd.register_fake
@@ -32,23 +32,14 @@ def _(x, running_mean, running_var):
     return x.new_empty((), dtype=acc), x.new_empty(x.shape[1], dtype=acc), x.new_empty(x.shape[1], dtype=acc)
 
 
-def _unit(diff: Tensor) -> Tensor:
-    """diff / |diff|, and 0 where diff = 0 (the subgradient autograd uses for a norm at 0)."""
-    norm = torch.linalg.vector_norm(diff)
-    return torch.where(norm > 0, diff / torch.where(norm > 0, norm, 1.0), 0.0)
-
-
 @torch.library.custom_op("dfkd_fast::bn_stats_bwd", mutates_args=())
 def bn_stats_bwd(
     grad_loss: Tensor, x: Tensor, running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor
 ) -> Tensor:
-    acc = mean.dtype
-    count = x.numel() // x.shape[1]
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    d_mean = _unit(mean - running_mean.to(acc)) * (grad_loss / count)
-    d_var = _unit(var - running_var.to(acc)) * (2 * grad_loss / count)
-    dx = d_mean.view(shape) + d_var.view(shape) * (x.to(acc) - mean.view(shape))
-    return dx.to(x.dtype)
+    """dx = dL · [u_mean / M + 2 u_var (x - mean) / M], u = the unit vectors of the two gaps (0 for a zero gap)."""
+    from dfkd_fast.kernels.cond_norm import bn_stats_backward
+
+    return bn_stats_backward(grad_loss, x, running_mean, running_var, mean, var)
 
 
 @bn_stats_bwd.register_fake
@@ -57,7 +48,7 @@ def _(grad_loss, x, running_mean, running_var, mean, var):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output[1], output[2])
+    ctx.save_for_backward(*inputs, output[1], output[2])  # x, the running and the batch statistics
     ctx.mark_non_differentiable(output[1], output[2])
 
 

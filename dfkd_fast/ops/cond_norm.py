@@ -1,8 +1,10 @@
 """class_conditional_batch_norm: batch norm without affine, then a per-sample ``gamma[label]``, ``beta[label]``.
 
-Custom ops ``dfkd_fast::cond_norm_fwd`` (output and the fp32 per-channel mean and biased variance) and
-``dfkd_fast::cond_norm_bwd`` (dx and the per-class dgamma/dbeta tables), their fake kernels and autograd formula,
-and the validated functional API. The maths is in :mod:`dfkd_fast.reference.cond_norm`.
+Custom ops ``dfkd_fast::cond_norm_fwd`` (output and the fp32 per-channel mean and biased variance),
+``dfkd_fast::cond_norm_bwd`` (dx and the per-class dgamma/dbeta tables) and ``dfkd_fast::cond_norm_update_running``
+(the in-place running-statistics update), which launch the Triton kernels of :mod:`dfkd_fast.kernels.cond_norm`;
+their fake kernels and autograd formula, and the validated functional API. The maths is in
+:mod:`dfkd_fast.reference.cond_norm`.
 """
 
 from __future__ import annotations
@@ -12,16 +14,8 @@ from torch import Tensor
 
 from dfkd_fast import _checks
 from dfkd_fast._backend import use_fused
-from dfkd_fast.reference._common import compute_dtype, reduce_dims
-from dfkd_fast.reference.cond_norm import class_conditional_batch_norm_reference, update_running_stats
-
-
-def _broadcast(stat: Tensor, x: Tensor) -> Tensor:
-    return stat.view((1, -1) + (1,) * (x.dim() - 2))
-
-
-def _per_sample(table: Tensor, labels: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
-    return table[labels].to(dtype).view((x.shape[0], -1) + (1,) * (x.dim() - 2))
+from dfkd_fast.reference._common import compute_dtype
+from dfkd_fast.reference.cond_norm import class_conditional_batch_norm_reference
 
 
 @torch.library.custom_op("dfkd_fast::cond_norm_fwd", mutates_args=())
@@ -36,15 +30,9 @@ def cond_norm_fwd(
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean[C], var[C]); the statistics are the batch's (biased) or copies of the running ones."""
-    acc = compute_dtype(x.dtype)
-    xa = x.to(acc)
-    if use_batch_stats:
-        var, mean = torch.var_mean(xa, dim=reduce_dims(x), correction=0)
-    else:
-        mean, var = running_mean.to(acc).clone(), running_var.to(acc).clone()
-    x_hat = (xa - _broadcast(mean, x)) * _broadcast(torch.rsqrt(var + eps), x)
-    y = _per_sample(weight, labels, x, acc) * x_hat + _per_sample(bias, labels, x, acc)
-    return y.to(x.dtype), mean, var
+    from dfkd_fast.kernels.cond_norm import cond_norm_forward
+
+    return cond_norm_forward(x, labels, weight, bias, running_mean, running_var, use_batch_stats, eps)
 
 
 @cond_norm_fwd.register_fake
@@ -66,34 +54,20 @@ def cond_norm_bwd(
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight[K, C], dbias[K, C])."""
-    acc = mean.dtype
-    rstd = torch.rsqrt(var + eps)
-    x_hat = (x.to(acc) - _broadcast(mean, x)) * _broadcast(rstd, x)
-    dy = grad_y.to(acc)
-    spatial = list(range(2, x.dim()))
-    s1 = dy.sum(spatial) if spatial else dy  # [N, C]: sum of dy per sample and channel
-    s2 = (dy * x_hat).sum(spatial) if spatial else dy * x_hat
-    dweight = torch.zeros(weight.shape, dtype=acc, device=x.device).index_add_(0, labels, s2)
-    dbias = torch.zeros(weight.shape, dtype=acc, device=x.device).index_add_(0, labels, s1)
-    gamma = weight[labels].to(acc)  # [N, C]
-    dx = gamma.view(s1.shape + (1,) * len(spatial)) * dy
-    if use_batch_stats:
-        count = x.numel() // x.shape[1]
-        mean_dy = (gamma * s1).sum(0) / count
-        mean_dy_xhat = (gamma * s2).sum(0) / count
-        dx = dx - _broadcast(mean_dy, x) - x_hat * _broadcast(mean_dy_xhat, x)
-    dx = dx * _broadcast(rstd, x)
-    return dx.to(x.dtype), dweight.to(weight.dtype), dbias.to(weight.dtype)
+    from dfkd_fast.kernels.cond_norm import cond_norm_backward
+
+    return cond_norm_backward(grad_y, x, labels, weight, mean, var, use_batch_stats, eps)
 
 
 @cond_norm_bwd.register_fake
 def _(grad_y, x, labels, weight, mean, var, use_batch_stats, eps):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+    return torch.empty_like(x), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output):
     x, labels, weight, _bias, _rm, _rv, use_batch_stats, eps = inputs
     _, mean, var = output
+    # x and O(C) statistics only: x̂ is recomputed in the backward
     ctx.save_for_backward(x, labels, weight, mean, var)
     ctx.params = (use_batch_stats, eps)
     ctx.mark_non_differentiable(mean, var)
@@ -105,6 +79,22 @@ def _backward(ctx, grad_y, _grad_mean, _grad_var):
 
 
 torch.library.register_autograd("dfkd_fast::cond_norm_fwd", _backward, setup_context=_setup_context)
+
+
+# A separate op: an op with an autograd formula must not mutate its inputs.
+@torch.library.custom_op("dfkd_fast::cond_norm_update_running", mutates_args=("running_mean", "running_var"))
+def cond_norm_update_running(
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, count: int, momentum: float
+) -> None:
+    """nn.BatchNorm2d's running-statistics update (``var`` is the biased batch variance of ``count`` values)."""
+    from dfkd_fast.kernels.cond_norm import update_running_stats
+
+    update_running_stats(running_mean, running_var, mean, var, count, momentum)
+
+
+@cond_norm_update_running.register_fake
+def _(running_mean, running_var, mean, var, count, momentum):
+    return None
 
 
 def class_conditional_batch_norm(
@@ -165,7 +155,7 @@ def class_conditional_batch_norm(
             x, labels, weight, bias, running_mean, running_var, training, momentum, eps
         )
     y, mean, var = cond_norm_fwd(x, labels.to(torch.int64), weight, bias, running_mean, running_var,
-                                 use_batch_stats, eps)
-    if training:
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+                                 use_batch_stats, float(eps))
+    if training and running_mean is not None:
+        cond_norm_update_running(running_mean, running_var, mean, var, count, float(momentum))
     return y
