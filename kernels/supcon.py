@@ -333,6 +333,10 @@ def _configs(dtype: torch.dtype, d: int, interp_block: int, precision: str) -> t
         else:
             fwd = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2)
             bwd = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2)
+        if dtype == torch.float32 and precision == "ieee":
+            # Full-fp32 dots run on the FMA units with both operands in registers: narrow K chunks in the forward
+            # (its K chunk is not an output chunk); the backward configurations above do not spill.
+            fwd = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=min(d_pad, 32), num_warps=4, num_stages=2)
         fwd["DOT"] = bwd["DOT"] = dot
     for cfg in (fwd, bwd):
         cfg.update(MULTI_K=d > cfg["BLOCK_K"], ACC=acc, PRECISION=precision)
@@ -401,16 +405,17 @@ def supcon_forward(
     n, d = anchors.shape
     m = contrast.shape[0]
     fwd, _ = _config(anchors, n, m, d)
-    stats = torch.empty(2, n, dtype=_acc_dtype(anchors), device=anchors.device)  # per-anchor loss, LSE
+    row_loss = torch.empty(n, dtype=_acc_dtype(anchors), device=anchors.device)
+    lse = torch.empty_like(row_loss)
     num_pos = torch.empty(n, dtype=torch.int32, device=anchors.device)
     with _device_guard(anchors):
         a_rn, c_rn = _norms(anchors, contrast, normalize)
         _supcon_fwd_kernel[(triton.cdiv(n, fwd["BLOCK_M"]),)](
-            stats[0], stats[1], num_pos, anchors, anchor_labels, a_rn, contrast, contrast_labels, c_rn,
+            row_loss, lse, num_pos, anchors, anchor_labels, a_rn, contrast, contrast_labels, c_rn,
             anchors.stride(0), contrast.stride(0), n, m, d, LOG2E * inv_temperature, LN2 * scale, self_offset,
             NORMALIZE=normalize, **fwd,
         )
-    return stats[0].mean(), stats[1], num_pos
+    return row_loss.mean(), lse, num_pos
 
 
 def supcon_backward(
