@@ -159,11 +159,11 @@ def _supcon_fwd_kernel(
 
 
 @triton.jit
-def _anchor_stats(lse_ptr, num_pos_ptr, rows, row_ok, grad, ACC: tl.constexpr):
-    """Per-anchor (LSE_i in base 2, w_i, 1/|P(i)|) for the backward; ``grad`` = g T / (T_base N)."""
+def _anchor_stats(lse_ptr, num_pos_ptr, rows, row_ok, dz_scale, ACC: tl.constexpr):
+    """Per-anchor (LSE_i in base 2, dz_scale [|P(i)| > 0], 1/|P(i)|) for the backward."""
     lse2 = tl.load(lse_ptr + rows, mask=row_ok, other=0.0).to(ACC) * _LOG2E
     n_pos = tl.load(num_pos_ptr + rows, mask=row_ok, other=0)
-    weight = tl.where(n_pos > 0, grad, 0.0)
+    weight = tl.where(n_pos > 0, dz_scale, 0.0)
     inv_pos = tl.where(n_pos > 0, 1.0 / tl.maximum(n_pos, 1).to(ACC), 0.0)
     return lse2, weight, inv_pos
 
@@ -179,8 +179,8 @@ def _supcon_bwd_kernel(
     c_ptr, c_lab_ptr, c_rnorm_ptr,  # [M, D], [M], [M] as in the forward
     stride_a, stride_c, stride_da, stride_dc, N, M, D,
     logit_scale: "fp64",  # log2(e) / T
-    grad_scale: "fp64",  # T / (T_base N)
-    inv_t: "fp64",  # 1 / T
+    grad_scale: "fp64",  # 1 / (T_base N dz_scale): from the scaled dot operand to dL/dx_hat
+    dz_scale: "fp64",  # power of two that keeps the dot operand dL/dz in the normal range of fp16
     self_offset,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MULTI_K: tl.constexpr,
     NORMALIZE: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
@@ -190,12 +190,16 @@ def _supcon_bwd_kernel(
     Each program owns BLOCK_M rows and one BLOCK_K-wide chunk of D of its output, and streams the other side in
     tiles of BLOCK_N rows. When D <= BLOCK_K the streamed tile loaded for the logits also feeds the gradient dot.
     dL/dz = w (p - [positive] / |P|) on valid pairs; p is masked before exp2 because an anchor with nothing to
-    contrast has LSE = -inf (and a positive pair is always valid).
+    contrast has LSE = -inf (and a positive pair is always valid). The weight w_i = g (T/T_base) / N [|P(i)| > 0]
+    is applied to the accumulator, not to the dot operand, which is also scaled by ``dz_scale``: with fp16 inputs
+    the terms p ~ 1/M would otherwise fall below fp16's normal range (6e-5) and lose their precision. For the same
+    reason the normalisation goes into the other operand (x_hat = x / |x|, always of unit norm).
     """
     pid = tl.program_id(0)  # int32 indices; int64 only in the offsets
     n_chunks = tl.cdiv(D, BLOCK_K)
     row_programs = tl.cdiv(N, BLOCK_M) * n_chunks
     grad = tl.load(grad_ptr).to(ACC) * tl.full((), grad_scale, ACC)
+    dz_scale = tl.full((), dz_scale, ACC)
     if pid < row_programs:
         # dL/da_hat_i = (1/T) sum_j dz_ij c_hat_j: own anchors, stream the contrast rows.
         rows = (pid // n_chunks) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -203,7 +207,7 @@ def _supcon_bwd_kernel(
         row_ok = rows < N
         a_first = _load_rows(a_ptr, rows, row_ok, tl.arange(0, BLOCK_K), D, stride_a, DOT)
         a_lab = tl.load(a_lab_ptr + rows, mask=row_ok, other=0)
-        lse2, weight, inv_pos = _anchor_stats(lse_ptr, num_pos_ptr, rows, row_ok, grad, ACC)
+        lse2, weight, inv_pos = _anchor_stats(lse_ptr, num_pos_ptr, rows, row_ok, dz_scale, ACC)
         row_scale = tl.full((BLOCK_M,), logit_scale, ACC)
         if NORMALIZE:
             row_scale *= tl.load(a_rnorm_ptr + rows, mask=row_ok, other=0.0)
@@ -216,12 +220,12 @@ def _supcon_bwd_kernel(
             )
             p = tl.exp2(tl.where(valid, s - lse2[:, None], float("-inf")))
             dz = weight[:, None] * (p - tl.where(pos, inv_pos[:, None], 0.0))
-            if NORMALIZE:
-                dz *= c_rn[None, :]
             if MULTI_K:
                 c_tile = _load_rows(c_ptr, cols, col_ok, kd, D, stride_c, DOT)
+            if NORMALIZE:
+                c_tile = (c_tile.to(ACC) * c_rn[:, None]).to(DOT)
             acc = tl.dot(dz.to(DOT), c_tile, acc, out_dtype=ACC, input_precision=PRECISION)
-        acc *= tl.full((), inv_t, ACC)
+        acc *= grad
         offs = rows.to(tl.int64)[:, None] * stride_da + kd[None, :]
         tl.store(da_ptr + offs, acc.to(da_ptr.dtype.element_ty), mask=row_ok[:, None] & (kd[None, :] < D))
     else:
@@ -242,15 +246,15 @@ def _supcon_bwd_kernel(
                 start, N, D, stride_c, stride_a, self_offset,
                 False, BLOCK_N, BLOCK_K, MULTI_K, NORMALIZE, DOT, ACC, PRECISION,
             )
-            lse2, weight, inv_pos = _anchor_stats(lse_ptr, num_pos_ptr, rows, row_ok, grad, ACC)
+            lse2, weight, inv_pos = _anchor_stats(lse_ptr, num_pos_ptr, rows, row_ok, dz_scale, ACC)
             p = tl.exp2(tl.where(valid, s - lse2[None, :], float("-inf")))
             dz = weight[None, :] * (p - tl.where(pos, inv_pos[None, :], 0.0))
-            if NORMALIZE:
-                dz *= a_rn[None, :]
             if MULTI_K:
                 a_tile = _load_rows(a_ptr, rows, row_ok, kd, D, stride_a, DOT)
+            if NORMALIZE:
+                a_tile = (a_tile.to(ACC) * a_rn[:, None]).to(DOT)
             acc = tl.dot(dz.to(DOT), a_tile, acc, out_dtype=ACC, input_precision=PRECISION)
-        acc *= tl.full((), inv_t, ACC)
+        acc *= grad
         offs = cols.to(tl.int64)[:, None] * stride_dc + kd[None, :]
         tl.store(dc_ptr + offs, acc.to(dc_ptr.dtype.element_ty), mask=col_ok[:, None] & (kd[None, :] < D))
 
@@ -441,6 +445,8 @@ def supcon_backward(
     out_dtype = _acc_dtype(anchors) if normalize else anchors.dtype
     da = torch.empty(n, d, dtype=out_dtype, device=anchors.device)
     dc = torch.empty(m, d, dtype=out_dtype, device=anchors.device)
+    # fp16 only: p ~ 1/max(N, M) scaled towards 1, the largest |dL/dz| (1) staying under 2^14 < 65504.
+    dz_scale = 2.0 ** min(14, max(0, max(n, m).bit_length() - 2)) if anchors.dtype == torch.float16 else 1.0
     with _device_guard(anchors):
         a_rn, c_rn = _norms(anchors, contrast, normalize)
         block_m, n_chunks = bwd["BLOCK_M"], triton.cdiv(d, bwd["BLOCK_K"])
@@ -448,7 +454,7 @@ def supcon_backward(
         _supcon_bwd_kernel[grid](
             da, dc, grad_loss, lse, num_pos, anchors, anchor_labels, a_rn, contrast, contrast_labels, c_rn,
             anchors.stride(0), contrast.stride(0), da.stride(0), dc.stride(0), n, m, d,
-            LOG2E * inv_temperature, scale / n, inv_temperature, self_offset,
+            LOG2E * inv_temperature, scale * inv_temperature / (n * dz_scale), dz_scale, self_offset,
             NORMALIZE=normalize, **bwd,
         )
         if normalize:
