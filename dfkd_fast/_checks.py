@@ -101,5 +101,5 @@ def labels(fn: str, name: str, value: object, length: int, num_classes: int | No
 
 
 def finite(fn: str, name: str, value: torch.Tensor) -> None:
-    if value.numel() and can_inspect_values(value) and not bool(torch.isfinite(value).all()):
+    if value.numel() and can_inspect_values(value) and not bool(torch.isfinite(value.detach()).all()):
         raise ValueError(f"{fn}: argument '{name}' contains NaN or infinite values")

@@ -1,14 +1,14 @@
 """supcon_loss: the pseudo-supervised contrastive loss of CPSC-DFKD (SupCon semantics).
 
-Custom ops ``dfkd_fast::supcon_fwd`` (loss and per-anchor log-sum-exp) and ``dfkd_fast::supcon_bwd`` (gradients,
-recomputed from the inputs and the O(N) statistics), their fake kernels and autograd formula, and the validated
-functional API. The maths is in :mod:`dfkd_fast.reference.supcon`.
+Custom ops ``dfkd_fast::supcon_fwd`` (loss, per-anchor log-sum-exp and positive count) and ``dfkd_fast::supcon_bwd``
+(gradients, recomputed from the inputs and those O(N) statistics), their fake kernels and autograd formula, and the
+validated functional API. The ops run the tiled Triton kernels of :mod:`dfkd_fast.kernels.supcon`, which never
+materialise an N x M matrix; the maths is in :mod:`dfkd_fast.reference.supcon`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dfkd_fast import _checks
@@ -19,20 +19,11 @@ from dfkd_fast.reference.supcon import flatten_views, supcon_loss_pairs_referenc
 NO_SELF = -1  # self_offset value meaning "the anchors are not part of the contrast set"
 
 
-def _similarities(anchors: Tensor, contrast: Tensor, inv_temperature: float, normalize: bool):
-    acc = compute_dtype(anchors.dtype)
-    a, c = anchors.to(acc), contrast.to(acc)
-    if normalize:
-        a, c = F.normalize(a, dim=1), F.normalize(c, dim=1)
-    return a, c, (a @ c.T) * inv_temperature
+def _kernels():
+    # Imported on first use: `import dfkd_fast` must not import triton.
+    from dfkd_fast.kernels import supcon
 
-
-def _masks(anchor_labels: Tensor, contrast_labels: Tensor, self_offset: int):
-    rows = torch.arange(anchor_labels.shape[0], device=anchor_labels.device)[:, None]
-    cols = torch.arange(contrast_labels.shape[0], device=anchor_labels.device)[None, :]
-    not_self = cols != rows + self_offset if self_offset != NO_SELF else torch.ones_like(cols != rows)
-    positive = not_self & (anchor_labels[:, None] == contrast_labels[None, :])
-    return not_self, positive
+    return supcon
 
 
 @torch.library.custom_op("dfkd_fast::supcon_fwd", mutates_args=())
@@ -45,20 +36,22 @@ def supcon_fwd(
     scale: float,
     self_offset: int,
     normalize: bool,
-) -> tuple[Tensor, Tensor]:
-    """(loss, lse[N]) in the compute dtype; ``scale`` = temperature / base_temperature."""
-    _, _, logits = _similarities(anchors, contrast, inv_temperature, normalize)
-    not_self, positive = _masks(anchor_labels, contrast_labels, self_offset)
-    lse = torch.logsumexp(logits.masked_fill(~not_self, float("-inf")), dim=1)
-    num_pos = positive.sum(1)
-    per_anchor = torch.where(num_pos > 0, scale * (lse - (logits * positive).sum(1) / num_pos.clamp(min=1)), 0.0)
-    return per_anchor.mean(), lse
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, lse[N], num_pos[N] int32): the loss and LSE in the compute dtype; ``scale`` = T / T_base.
+
+    ``lse`` and ``num_pos`` (each anchor's log-sum-exp over its contrast set and number of positives) are the O(N)
+    statistics the backward needs besides the inputs.
+    """
+    return _kernels().supcon_forward(
+        anchors, anchor_labels, contrast, contrast_labels, inv_temperature, scale, self_offset, normalize
+    )
 
 
 @supcon_fwd.register_fake
 def _(anchors, anchor_labels, contrast, contrast_labels, inv_temperature, scale, self_offset, normalize):
     acc = compute_dtype(anchors.dtype)
-    return anchors.new_empty((), dtype=acc), anchors.new_empty(anchors.shape[0], dtype=acc)
+    n = anchors.shape[0]
+    return anchors.new_empty((), dtype=acc), anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=torch.int32)
 
 
 @torch.library.custom_op("dfkd_fast::supcon_bwd", mutates_args=())
@@ -69,38 +62,34 @@ def supcon_bwd(
     contrast: Tensor,
     contrast_labels: Tensor,
     lse: Tensor,
+    num_pos: Tensor,
     inv_temperature: float,
     scale: float,
     self_offset: int,
     normalize: bool,
 ) -> tuple[Tensor, Tensor]:
-    """(d_anchors, d_contrast) in the input dtypes."""
-    a, c, logits = _similarities(anchors, contrast, inv_temperature, normalize)
-    not_self, positive = _masks(anchor_labels, contrast_labels, self_offset)
-    num_pos = positive.sum(1, keepdim=True).to(logits.dtype)
-    weight = grad_loss * scale / anchors.shape[0] * (num_pos > 0)
-    prob = torch.exp(logits - lse[:, None]).masked_fill(~not_self, 0.0)
-    d_logits = weight * (prob - positive / num_pos.clamp(min=1)) * inv_temperature
-    da, dc = d_logits @ c, d_logits.T @ a
-    if normalize:  # through x / |x|: (I - x_hat x_hat^T) / |x|
-        da = (da - a * (da * a).sum(1, keepdim=True)) / anchors.to(a.dtype).norm(dim=1, keepdim=True).clamp(min=1e-12)
-        dc = (dc - c * (dc * c).sum(1, keepdim=True)) / contrast.to(c.dtype).norm(dim=1, keepdim=True).clamp(min=1e-12)
-    return da.to(anchors.dtype), dc.to(contrast.dtype)
+    """(d_anchors, d_contrast) in the input dtypes, recomputed tile by tile from the inputs and (lse, num_pos)."""
+    return _kernels().supcon_backward(
+        grad_loss, anchors, anchor_labels, contrast, contrast_labels, lse, num_pos, inv_temperature, scale,
+        self_offset, normalize,
+    )
 
 
 @supcon_bwd.register_fake
-def _(grad_loss, anchors, anchor_labels, contrast, contrast_labels, lse, inv_temperature, scale, self_offset, normalize):
-    return torch.empty_like(anchors), torch.empty_like(contrast)
+def _(grad_loss, anchors, anchor_labels, contrast, contrast_labels, lse, num_pos, inv_temperature, scale,
+      self_offset, normalize):
+    return anchors.new_empty(anchors.shape), contrast.new_empty(contrast.shape)
 
 
 def _setup_context(ctx, inputs, output):
     anchors, anchor_labels, contrast, contrast_labels, *params = inputs
-    ctx.save_for_backward(anchors, anchor_labels, contrast, contrast_labels, output[1])
+    _, lse, num_pos = output
+    ctx.save_for_backward(anchors, anchor_labels, contrast, contrast_labels, lse, num_pos)
     ctx.params = params
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(lse, num_pos)
 
 
-def _backward(ctx, grad_loss, _grad_lse):
+def _backward(ctx, grad_loss, _grad_lse, _grad_num_pos):
     d_anchors, d_contrast = supcon_bwd(grad_loss, *ctx.saved_tensors, *ctx.params)
     return d_anchors, None, d_contrast, None, None, None, None, None
 
@@ -111,7 +100,7 @@ torch.library.register_autograd("dfkd_fast::supcon_fwd", _backward, setup_contex
 def _dispatch(fn, anchors, anchor_labels, contrast, contrast_labels, temperature, base_temperature, self_offset,
               normalize, backend) -> Tensor:
     if use_fused(fn, backend, anchors.device, "triton"):
-        loss, _ = supcon_fwd(
+        loss, _, _ = supcon_fwd(
             anchors,
             anchor_labels.to(torch.int64),
             contrast,
