@@ -306,15 +306,16 @@ class CategoricalConditionalBatchNorm2d(CPSCConditionalBatchNorm2d):
         return super().forward(input, self.weights(c), self.biases(c))
 
 
-def test_module_loads_cpsc_state_dict():
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_module_loads_cpsc_state_dict(momentum):
     num_classes, channels = 5, 4
-    upstream = CategoricalConditionalBatchNorm2d(num_classes, channels)
+    upstream = CategoricalConditionalBatchNorm2d(num_classes, channels, momentum=momentum)
     with torch.no_grad():  # a trained-looking module: random tables, a few batches of running statistics
         upstream.weights.weight.normal_(1, 0.3)
         upstream.biases.weight.normal_(0, 0.3)
         for _ in range(2):
             upstream(torch.randn(6, channels, 3, 3) * 2 + 1, torch.randint(0, num_classes, (6,)))
-    ours = ClassConditionalBatchNorm2d(num_classes, channels, backend="fused")
+    ours = ClassConditionalBatchNorm2d(num_classes, channels, momentum=momentum, backend="fused")
     ours.load_state_dict(upstream.state_dict(), strict=True)
 
     x = torch.randn(6, channels, 3, 3) * 2 + 1
