@@ -1,0 +1,58 @@
+"""The loss terms of CPSC-DFKD (``notes/cpsc-dfkd.md`` §2.3), each as upstream computes it.
+
+Notation: T/S = teacher/student logits ``[B, C]``, y = the generator's condition labels. Every term is computed in
+float32 (logits may come out of a bf16 autocast region).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dfkd_fast.ops import supcon_loss_pairs
+
+
+def kd_loss(s_logits: Tensor, t_logits: Tensor) -> Tensor:
+    """DAFL's ``kdloss``: KL(softmax(T) || softmax(S)) summed over classes, averaged over the batch (T = 1)."""
+    s, t = s_logits.float(), t_logits.float()
+    return F.kl_div(F.log_softmax(s, dim=1), F.softmax(t, dim=1), reduction="sum") / s.shape[0]
+
+
+def ikd_generator(s_logits: Tensor, t_logits: Tensor, log_form: bool) -> Tensor:
+    """The generator's IKD term: ``-MSE(S, T)``, or ``-log MSE(S, T)`` (CIFAR-10); T is detached."""
+    mse = F.mse_loss(s_logits.float(), t_logits.detach().float())
+    return -torch.log(mse) if log_form else -mse
+
+
+def ikd_student(s_logits: Tensor, t_logits: Tensor, log_form: bool) -> Tensor:
+    """The student's IKD term: ``MSE(S, T)``, or ``log ||T - S||_F`` over the whole batch (CIFAR-10)."""
+    s, t = s_logits.float(), t_logits.detach().float()
+    return torch.log(torch.linalg.vector_norm(t - s)) if log_form else F.mse_loss(s, t)
+
+
+def ce_loss(logits: Tensor, labels: Tensor, on_logits: bool = False) -> Tensor:
+    """Cross-entropy to the condition labels. Upstream applies it to softmax *probabilities* (a second softmax
+    inside ``F.cross_entropy``: small, bounded gradients); ``on_logits=True`` is the usual CE, a known fix."""
+    x = logits.float()
+    return F.cross_entropy(x if on_logits else F.softmax(x, dim=1), labels)
+
+
+def contrastive_loss(s_feat: Tensor, t_feat: Tensor, labels: Tensor, temperature: float, *,
+                     gather: Callable[[Tensor], Tensor] | None = None, rank: int = 0,
+                     backend: str | None = None) -> Tensor:
+    """Pseudo-supervised contrast: SupCon over the student and teacher embeddings of the same images, positives =
+    same condition label, all-anchor mode, ``temperature = base_temperature`` (upstream ``SupConLoss``).
+
+    The anchors are this process's ``2B`` vectors (student views, then teacher views). With ``gather`` (multi-GPU:
+    an all-gather with gradient), the contrast set is every process's anchors and this process's block starts at
+    row ``rank * 2B``; the loss is the mean over the local anchors, so averaging it over processes (what DDP does
+    to the gradients) gives the single-process loss over the global batch.
+    """
+    anchors = torch.cat([s_feat, t_feat]).float()
+    anchor_labels = labels.repeat(2)
+    contrast, contrast_labels = (anchors, anchor_labels) if gather is None else (gather(anchors), gather(anchor_labels))
+    return supcon_loss_pairs(anchors, anchor_labels, contrast, contrast_labels, temperature=temperature,
+                             base_temperature=temperature, self_offset=rank * anchors.shape[0], backend=backend)
