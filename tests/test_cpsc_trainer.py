@@ -29,7 +29,7 @@ def tiny_config(**overrides) -> CPSCConfig:
     return CPSCConfig(**{**base, **overrides})
 
 
-def make_trainer(seed: int = 0, teacher_width: int = 8, **overrides) -> CPSCTrainer:
+def make_trainer(seed: int = 0, teacher_width: int = 8, dist=None, **overrides) -> CPSCTrainer:
     seed_everything(seed)
     teacher = SmallCNN(10, 1, width=teacher_width)
     for m in teacher.modules():  # non-trivial running statistics, as a trained teacher has
@@ -38,7 +38,8 @@ def make_trainer(seed: int = 0, teacher_width: int = 8, **overrides) -> CPSCTrai
             m.running_var.uniform_(0.5, 2.0)
     student = FeatureAdapter(SmallCNN(10, 1, width=4), 16, 4 * teacher_width)
     generator = ConditionalGenerator(nz=16, ngf=8, nc=1, img_size=8, num_classes=10)
-    return CPSCTrainer(tiny_config(**overrides), teacher, student, generator, norm=NORM, log=lambda *a: None)
+    return CPSCTrainer(tiny_config(**overrides), teacher, student, generator, norm=NORM, dist=dist,
+                       log=lambda *a: None)
 
 
 def params(module):

@@ -6,8 +6,6 @@ float32 (logits may come out of a bf16 autocast region).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,19 +38,23 @@ def ce_loss(logits: Tensor, labels: Tensor, on_logits: bool = False) -> Tensor:
     return F.cross_entropy(x if on_logits else F.softmax(x, dim=1), labels)
 
 
+def contrastive_anchors(s_feat: Tensor, t_feat: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``2B`` SupCon anchors of a batch (student views, then teacher views; float32) and their labels."""
+    return torch.cat([s_feat, t_feat]).float(), labels.repeat(2)
+
+
 def contrastive_loss(s_feat: Tensor, t_feat: Tensor, labels: Tensor, temperature: float, *,
-                     gather: Callable[[Tensor], Tensor] | None = None, rank: int = 0,
+                     contrast: tuple[Tensor, Tensor] | None = None, self_offset: int = 0,
                      backend: str | None = None) -> Tensor:
     """Pseudo-supervised contrast: SupCon over the student and teacher embeddings of the same images, positives =
     same condition label, all-anchor mode, ``temperature = base_temperature`` (upstream ``SupConLoss``).
 
-    The anchors are this process's ``2B`` vectors (student views, then teacher views). With ``gather`` (multi-GPU:
-    an all-gather with gradient), the contrast set is every process's anchors and this process's block starts at
-    row ``rank * 2B``; the loss is the mean over the local anchors, so averaging it over processes (what DDP does
-    to the gradients) gives the single-process loss over the global batch.
+    The anchors are this batch's ``2B`` vectors. By default they are also the contrast set. Multi-GPU: ``contrast``
+    is every process's anchors (all-gathered with gradient) and this process's block starts at row
+    ``self_offset``; the loss is the mean over the local anchors, so averaging it over processes (what DDP does to
+    the gradients) gives the single-process loss over the global batch.
     """
-    anchors = torch.cat([s_feat, t_feat]).float()
-    anchor_labels = labels.repeat(2)
-    contrast, contrast_labels = (anchors, anchor_labels) if gather is None else (gather(anchors), gather(anchor_labels))
-    return supcon_loss_pairs(anchors, anchor_labels, contrast, contrast_labels, temperature=temperature,
-                             base_temperature=temperature, self_offset=rank * anchors.shape[0], backend=backend)
+    anchors, anchor_labels = contrastive_anchors(s_feat, t_feat, labels)
+    contrast_feats, contrast_labels = contrast if contrast is not None else (anchors, anchor_labels)
+    return supcon_loss_pairs(anchors, anchor_labels, contrast_feats, contrast_labels, temperature=temperature,
+                             base_temperature=temperature, self_offset=self_offset, backend=backend)

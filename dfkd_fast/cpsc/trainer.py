@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from dfkd_fast.cpsc.config import CPSCConfig, student_lr
 from dfkd_fast.cpsc.distributed import DistInfo, gather_with_grad
-from dfkd_fast.cpsc.losses import ce_loss, contrastive_loss, ikd_generator, ikd_student, kd_loss
+from dfkd_fast.cpsc.losses import (ce_loss, contrastive_anchors, contrastive_loss, ikd_generator, ikd_student,
+                                   kd_loss)
 from dfkd_fast.data.images import batches, denormalize, normalize, save_image_grid
 from dfkd_fast.models import ConditionalGenerator, FeatureAdapter, build_model, feature_dim, num_classes_of
 from dfkd_fast.nn import BNStatsLoss, ClassConditionalBatchNorm2d
@@ -141,39 +142,55 @@ class CPSCTrainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------------------------------- generator step
-    def generator_loss(self, z: Tensor, y: Tensor, generator: nn.Module | None = None, gather=None,
-                       rank: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_G on the batch ``G(z, y)`` and its unweighted terms. The teacher sees the images in eval mode (with
-        gradient to its input), the student in train mode (its BN running statistics move, as upstream)."""
-        cfg = self.cfg
+    def generator_forward(self, z: Tensor, y: Tensor, generator: nn.Module | None = None) -> dict[str, Tensor]:
+        """Synthesise ``x = G(z, y)`` and score it. The teacher sees it in eval mode (with gradient to its input and
+        the BN statistics collected), the student in train mode (its BN running statistics move, as upstream)."""
         with self._autocast():
             x = (generator or self.generator_train)(z, y)
             with self._collect_bn_stats():
                 t_feat, t_logits = self.teacher(x, out_feature=True)
                 bn = self.bn_stats() if self.bn_stats is not None else None
             s_feat, s_logits = self.student(x, out_feature=True)
+        return {"t_feat": t_feat, "t_logits": t_logits, "s_feat": s_feat, "s_logits": s_logits, "bn": bn}
+
+    def generator_objective(self, out: dict[str, Tensor], y: Tensor, contrast: tuple[Tensor, Tensor] | None = None,
+                            rank: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_G and its unweighted terms. ``contrast``: the all-gathered (features, labels) of every process's
+        anchors, in which this process's block starts at row ``rank * 2B`` (multi-GPU)."""
+        cfg = self.cfg
+        s_logits, t_logits = out["s_logits"], out["t_logits"]
         terms = {"adv": -kd_loss(s_logits, t_logits)}
         loss = terms["adv"]
         if cfg.loss_IKD:
             terms["ikd"] = ikd_generator(s_logits, t_logits, cfg.ikd_log_form())
             loss = loss + cfg.co_alpha * terms["ikd"]
-        if bn is not None:
-            terms["bn"] = bn
-            loss = loss + cfg.co_beta * bn
+        if out["bn"] is not None:
+            terms["bn"] = out["bn"]
+            loss = loss + cfg.co_beta * terms["bn"]
         if cfg.loss_SCL:
-            terms["scl"] = contrastive_loss(s_feat, t_feat, y, cfg.temp, gather=gather, rank=rank,
-                                            backend=self.backend)
+            terms["scl"] = contrastive_loss(out["s_feat"], out["t_feat"], y, cfg.temp, contrast=contrast,
+                                            self_offset=rank * 2 * len(y), backend=self.backend)
             loss = loss + cfg.co_gamma * terms["scl"]
         if cfg.loss_CE:
             terms["ce"] = ce_loss(t_logits, y, cfg.ce_on_logits)
             loss = loss + cfg.co_eta * terms["ce"]
         return loss, terms
 
+    def generator_loss(self, z: Tensor, y: Tensor, generator: nn.Module | None = None
+                       ) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_G on the batch ``G(z, y)`` (with multi-GPU, the contrast set is every process's batch)."""
+        out = self.generator_forward(z, y, generator)
+        contrast = None
+        if self.gather is not None and self.cfg.loss_SCL:
+            anchors = contrastive_anchors(out["s_feat"], out["t_feat"], y)
+            contrast = (self.gather(anchors[0]), self.gather(anchors[1]))
+        return self.generator_objective(out, y, contrast, self.dist.rank)
+
     def generator_step(self) -> dict[str, Tensor]:
         """One update of the generator; the student's weights get no gradient (upstream computes and discards it)."""
         z, y = self.sample()
         with self._student_frozen():
-            loss, terms = self._generator_loss(z, y, gather=self.gather, rank=self.dist.rank)
+            loss, terms = self._generator_loss(z, y)
             loss.backward()
         self.update_generator()
         return {"loss_G": loss.detach(), **{f"G_{k}": v.detach() for k, v in terms.items()}}
