@@ -32,7 +32,7 @@ def demo_config(quick: bool = False) -> CPSCConfig:
     cfg = CPSCConfig(teacher=TEACHER, student=STUDENT, dataset=DATASET, batch_size=64, ngf=32, epochs=15,
                      epoch_itrs=10, warmup_epochs=2, sample_every=5, seed=0)
     if quick:
-        cfg = dataclasses.replace(cfg, epochs=6, epoch_itrs=8, sample_every=0)
+        cfg = dataclasses.replace(cfg, batch_size=32, epochs=8, epoch_itrs=8, G_steps=3, sample_every=0)
     return cfg
 
 
