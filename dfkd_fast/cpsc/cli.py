@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from dfkd_fast.cpsc.config import AMP_MODES, G_OPTIMIZERS, IKD_FORMS, CPSCConfig
+from dfkd_fast.cpsc.config import AMP_MODES, COMPILE_MODES, G_OPTIMIZERS, IKD_FORMS, CPSCConfig
 from dfkd_fast.cpsc.distributed import init_from_env
 from dfkd_fast.cpsc.teacher import accuracy, load_classifier, resolve_device
 from dfkd_fast.cpsc.trainer import CPSCTrainer
@@ -44,10 +44,11 @@ HELP = {
     "fused": "dfkd_fast ops on the default backend (fused kernels on CUDA); --no-fused = reference ops",
     "amp": "autocast: auto = bf16 on CUDA, off on CPU", "channels_last": "channels_last memory format on CUDA",
     "compile": "torch.compile the loss computation of both steps",
+    "compile_mode": "torch.compile mode (reduce-overhead: CUDA graphs)",
     "eval_every": "epochs between test-set evaluations (0: never)",
     "sample_every": "epochs between PNG sample grids (0: never)", "ckpt_every": "epochs between checkpoints",
 }
-CHOICES = {"ikd": IKD_FORMS, "generator_optimizer": G_OPTIMIZERS, "amp": AMP_MODES}
+CHOICES = {"ikd": IKD_FORMS, "generator_optimizer": G_OPTIMIZERS, "amp": AMP_MODES, "compile_mode": COMPILE_MODES}
 SKIP = {"extra"}
 
 

@@ -16,6 +16,7 @@ from dfkd_fast.errors import DfkdError
 IKD_FORMS = ("auto", "mse", "log")
 G_OPTIMIZERS = ("fresh_adam", "adam")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class CPSCConfig:
     amp: str = "auto"  # "auto" = bf16 autocast on CUDA, off on CPU
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the loss computation of both steps
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
 
     # run
     seed: int = 1
@@ -81,7 +83,8 @@ class CPSCConfig:
         for name in ("lr_G", "lr_S", "temp"):
             if not getattr(self, name) > 0:
                 raise DfkdError(f"cpsc: {name} must be > 0, got {getattr(self, name)}")
-        for name, allowed in (("ikd", IKD_FORMS), ("generator_optimizer", G_OPTIMIZERS), ("amp", AMP_MODES)):
+        for name, allowed in (("ikd", IKD_FORMS), ("generator_optimizer", G_OPTIMIZERS), ("amp", AMP_MODES),
+                              ("compile_mode", COMPILE_MODES)):
             if getattr(self, name) not in allowed:
                 raise DfkdError(f"cpsc: {name} must be one of {allowed}, got {getattr(self, name)!r}")
         return self

@@ -126,7 +126,7 @@ class CPSCTrainer:
         return cls(config, teacher, student, generator, **kwargs)
 
     def _compiled(self, fn):
-        return torch.compile(fn, dynamic=False) if self.cfg.compile else fn
+        return torch.compile(fn, dynamic=False, mode=self.cfg.compile_mode) if self.cfg.compile else fn
 
     # -------------------------------------------------------------------------------------------------- sampling
     def sample(self) -> tuple[Tensor, Tensor]:
@@ -333,7 +333,6 @@ class CPSCTrainer:
         """Train from the current epoch to ``epochs``: evaluate, log metrics, save grids, checkpoints and the best
         student. Returns the summary (final and best accuracy, wall time)."""
         cfg, start = self.cfg, time.perf_counter()
-        bar_total = cfg.epochs - self.epoch
         images_per_epoch = cfg.epoch_itrs * (cfg.G_steps + cfg.S_steps) * cfg.batch_size * self.dist.world_size
         for epoch in range(self.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -352,7 +351,7 @@ class CPSCTrainer:
                         self.best_acc, self.best_epoch = acc, epoch
                         self._save_models("best")
                     record["best_acc"] = self.best_acc
-                self._report(record, bar_total)
+                self._report(record)
                 if self.run_dir is not None:
                     self.run_dir.log(record)
                     if cfg.sample_every and (epoch % cfg.sample_every == 0 or last):
@@ -364,7 +363,7 @@ class CPSCTrainer:
         return {"epochs": self.epoch, "acc": self.last_acc, "best_acc": self.best_acc if self.best_acc >= 0 else None,
                 "best_epoch": self.best_epoch, "wall_s": time.perf_counter() - start}
 
-    def _report(self, record: dict, total: int) -> None:
+    def _report(self, record: dict) -> None:
         acc = f" acc {record['acc']:.2%} (best {record['best_acc']:.2%})" if "acc" in record else ""
         self.log(f"epoch {record['epoch']}/{self.cfg.epochs}: L_G {record.get('loss_G', math.nan):.4f} "
                  f"L_S {record.get('loss_S', math.nan):.4f} lr_S {record['lr_S']:.5f}{acc} "

@@ -14,12 +14,11 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from dfkd_fast.data.images import IMAGENET_NORM
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.models import lenet, resnet, resnet_he, small_cnn, vgg, wrn
 from dfkd_fast.models.adapter import FeatureAdapter, WRNAdapter
 from dfkd_fast.models.generator import ConditionalGenerator, GeneratorD
-
-IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @dataclass(frozen=True)
