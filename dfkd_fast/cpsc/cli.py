@@ -45,6 +45,7 @@ HELP = {
     "amp": "autocast: auto = bf16 on CUDA, off on CPU", "channels_last": "channels_last memory format on CUDA",
     "compile": "torch.compile the loss computation of both steps",
     "compile_mode": "torch.compile mode (reduce-overhead: CUDA graphs)",
+    "deterministic": "deterministic cuDNN kernels (slower; makes --resume bit-for-bit on a GPU too)",
     "eval_every": "epochs between test-set evaluations (0: never)",
     "sample_every": "epochs between PNG sample grids (0: never)", "ckpt_every": "epochs between checkpoints",
 }

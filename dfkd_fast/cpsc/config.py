@@ -63,6 +63,7 @@ class CPSCConfig:
     channels_last: bool = True  # on CUDA only
     compile: bool = False  # torch.compile the loss computation of both steps
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
+    deterministic: bool = False  # cuDNN deterministic algorithms (upstream's setting; bit-for-bit resume on GPU)
 
     # run
     seed: int = 1

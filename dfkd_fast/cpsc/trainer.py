@@ -68,8 +68,9 @@ class CPSCTrainer:
         self.amp_dtype = {"auto": torch.bfloat16 if on_cuda else None, "bf16": torch.bfloat16,
                           "fp16": torch.float16, "off": None}[config.amp]
         memory_format = torch.channels_last if (on_cuda and config.channels_last) else torch.contiguous_format
-        if on_cuda:
-            torch.backends.cudnn.benchmark = True
+        if on_cuda:  # autotuned cuDNN kernels unless bit-for-bit reproducibility is asked for
+            torch.backends.cudnn.benchmark = not config.deterministic
+            torch.backends.cudnn.deterministic = config.deterministic
 
         self.teacher = teacher.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.student = student.to(self.device, memory_format=memory_format).train()
