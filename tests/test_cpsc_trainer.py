@@ -113,6 +113,10 @@ def test_every_term_is_switchable_and_fixes_are_opt_in():
 def test_loss_forms():
     s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
     torch.testing.assert_close(kd_loss(s, t), F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="batchmean"))
+    # a saturated teacher (probabilities that underflow to 0) still gives finite gradients to its logits
+    t_sat = torch.tensor([[150.0, 0.0, -150.0]], requires_grad=True)
+    kd_loss(torch.randn(1, 3), t_sat).backward()
+    assert torch.isfinite(t_sat.grad).all()
     torch.testing.assert_close(ikd_generator(s, t, log_form=False), -F.mse_loss(s, t))
     torch.testing.assert_close(ikd_generator(s, t, log_form=True), -torch.log(F.mse_loss(s, t)))
     torch.testing.assert_close(ikd_student(s, t, log_form=True), torch.log(torch.norm(t - s, 2)))

@@ -14,9 +14,14 @@ from dfkd_fast.ops import supcon_loss_pairs
 
 
 def kd_loss(s_logits: Tensor, t_logits: Tensor) -> Tensor:
-    """DAFL's ``kdloss``: KL(softmax(T) || softmax(S)) summed over classes, averaged over the batch (T = 1)."""
+    """DAFL's ``kdloss``: KL(softmax(T) || softmax(S)) summed over classes, averaged over the batch (T = 1).
+
+    The teacher's distribution enters as log-probabilities (``log_target``): the same value as upstream's
+    ``kl_div(log_softmax(S), softmax(T))``, but where a teacher probability underflows to 0 upstream's gradient with
+    respect to the teacher logits is ``0 * log 0 = NaN`` (it reaches the generator), and this one is the correct 0.
+    """
     s, t = s_logits.float(), t_logits.float()
-    return F.kl_div(F.log_softmax(s, dim=1), F.softmax(t, dim=1), reduction="sum") / s.shape[0]
+    return F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), reduction="sum", log_target=True) / s.shape[0]
 
 
 def ikd_generator(s_logits: Tensor, t_logits: Tensor, log_form: bool) -> Tensor:

@@ -30,6 +30,7 @@ from dfkd_fast.cpsc.distributed import DistInfo, gather_with_grad
 from dfkd_fast.cpsc.losses import (ce_loss, contrastive_anchors, contrastive_loss, ikd_generator, ikd_student,
                                    kd_loss)
 from dfkd_fast.data.images import batches, denormalize, normalize, save_image_grid
+from dfkd_fast.errors import DfkdError
 from dfkd_fast.models import ConditionalGenerator, FeatureAdapter, build_model, feature_dim, num_classes_of
 from dfkd_fast.nn import BNStatsLoss, ClassConditionalBatchNorm2d
 from dfkd_fast.runs import RunDir, atomic_save, progress
@@ -339,6 +340,10 @@ class CPSCTrainer:
             t0 = time.perf_counter()
             lr = self.set_student_lr(epoch)
             means = self.train_epoch(epoch)
+            if not all(math.isfinite(v) for v in means.values()):
+                raise DfkdError(f"cpsc: training diverged in epoch {epoch} (non-finite losses: "
+                                f"{', '.join(k for k, v in means.items() if not math.isfinite(v))}); "
+                                "lower --lr_S / --lr_G, or switch a term off")
             self.epoch = epoch
             elapsed = time.perf_counter() - t0
             record = {"epoch": epoch, "lr_S": lr, "lr_G": cfg.lr_G, "epoch_s": elapsed,
