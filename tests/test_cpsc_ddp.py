@@ -55,7 +55,8 @@ def single_process_reference(generator_after_g_step):
         outs = [tr.generator_forward(zc, yc) for zc, yc in chunks]
         anchors = [torch.cat([o["s_feat"], o["t_feat"]]) for o in outs]
         contrast = (torch.cat(anchors), torch.cat([yc.repeat(2) for _, yc in chunks]))
-        losses = [tr.generator_objective(o, yc, contrast, rank=r)[0] for r, (o, (_, yc)) in enumerate(zip(outs, chunks))]
+        losses = [tr.generator_objective(out, yc, contrast, rank=r)[0]
+                  for r, (out, (_, yc)) in enumerate(zip(outs, chunks))]
         loss_g = torch.stack(losses).mean()
         loss_g.backward()
     grads = {k: p.grad.clone() for k, p in tr.generator.named_parameters()}

@@ -2,7 +2,6 @@
 change, the sign-update equivalence of upstream's fresh Adam, the LR schedule, and fused == reference steps."""
 
 import copy
-import dataclasses
 
 import pytest
 import torch
