@@ -144,11 +144,11 @@ class CPSCTrainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------------------------------- generator step
-    def generator_forward(self, z: Tensor, y: Tensor, generator: nn.Module | None = None) -> dict[str, Tensor]:
+    def generator_forward(self, z: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Synthesise ``x = G(z, y)`` and score it. The teacher sees it in eval mode (with gradient to its input and
         the BN statistics collected), the student in train mode (its BN running statistics move, as upstream)."""
         with self._autocast():
-            x = (generator or self.generator_train)(z, y)
+            x = self.generator_train(z, y)
             with self._collect_bn_stats():
                 t_feat, t_logits = self.teacher(x, out_feature=True)
                 bn = self.bn_stats() if self.bn_stats is not None else None
@@ -178,10 +178,9 @@ class CPSCTrainer:
             loss = loss + cfg.co_eta * terms["ce"]
         return loss, terms
 
-    def generator_loss(self, z: Tensor, y: Tensor, generator: nn.Module | None = None
-                       ) -> tuple[Tensor, dict[str, Tensor]]:
+    def generator_loss(self, z: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """L_G on the batch ``G(z, y)`` (with multi-GPU, the contrast set is every process's batch)."""
-        out = self.generator_forward(z, y, generator)
+        out = self.generator_forward(z, y)
         contrast = None
         if self.gather is not None and self.cfg.loss_SCL:
             anchors = contrastive_anchors(out["s_feat"], out["t_feat"], y)
@@ -218,14 +217,14 @@ class CPSCTrainer:
             p.grad = None
 
     # --------------------------------------------------------------------------------------------- student step
-    def student_loss(self, z: Tensor, y: Tensor, student: nn.Module | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def student_loss(self, z: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """L_S on a batch of the current generator (no graph through the generator, teacher under no_grad)."""
         cfg = self.cfg
         with self._autocast():
             with torch.no_grad():
                 x = self.generator(z, y)  # train mode: its CBN running statistics move, as upstream
                 t_logits = self.teacher(x)
-            s_logits = (student or self.student_train)(x)
+            s_logits = self.student_train(x)
         terms = {"kd": kd_loss(s_logits, t_logits)}
         loss = terms["kd"]
         if cfg.loss_IKD:
