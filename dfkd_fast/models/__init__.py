@@ -1,0 +1,164 @@
+"""The image model zoo: ``build_model(name, num_classes)`` and the checkpoint loader shared by every command.
+
+Classifiers follow CPSC-DFKD's convention ``forward(x, out_feature=False)`` -> logits, or (L2-normalised pooled
+feature, logits). Parameter names match the public checkpoints (CMI / Fast-Datafree ``{dataset}_{model}.pth``,
+DAFL, akamaster's CIFAR-10 ResNets), so :func:`load_weights` loads them unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from dfkd_fast.data.images import IMAGENET_NORM
+from dfkd_fast.errors import DfkdError
+from dfkd_fast.models import lenet, resnet, resnet_he, small_cnn, vgg, wrn
+from dfkd_fast.models.adapter import FeatureAdapter, WRNAdapter
+from dfkd_fast.models.generator import ConditionalGenerator, GeneratorD
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one zoo model and what it expects."""
+
+    build: Callable[..., nn.Module]
+    head: str  # attribute of the final nn.Linear classifier
+    in_channels: int = 3
+    image_size: int | None = None  # a fixed input size, where the architecture needs one
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # input normalisation of its public weights
+
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(resnet.resnet18, "linear"),
+    "resnet34": ModelSpec(resnet.resnet34, "linear"),
+    "resnet50": ModelSpec(resnet.resnet50, "linear"),
+    "wrn_16_1": ModelSpec(wrn.wrn_16_1, "fc"),
+    "wrn_16_2": ModelSpec(wrn.wrn_16_2, "fc"),
+    "wrn_40_1": ModelSpec(wrn.wrn_40_1, "fc"),
+    "wrn_40_2": ModelSpec(wrn.wrn_40_2, "fc"),
+    "vgg8": ModelSpec(vgg.vgg8_bn, "classifier"),
+    "vgg11": ModelSpec(vgg.vgg11_bn, "classifier"),
+    "resnet20": ModelSpec(resnet_he.resnet20, "linear", norm=IMAGENET_NORM),
+    "resnet32": ModelSpec(resnet_he.resnet32, "linear", norm=IMAGENET_NORM),
+    "resnet44": ModelSpec(resnet_he.resnet44, "linear", norm=IMAGENET_NORM),
+    "resnet56": ModelSpec(resnet_he.resnet56, "linear", norm=IMAGENET_NORM),
+    "lenet5": ModelSpec(lenet.lenet5, "fc2", in_channels=1, image_size=32),
+    "lenet5_half": ModelSpec(lenet.lenet5_half, "fc2", in_channels=1, image_size=32),
+    "small_cnn": ModelSpec(small_cnn.small_cnn, "fc", in_channels=1),
+    "small_cnn_half": ModelSpec(small_cnn.small_cnn_half, "fc", in_channels=1),
+}
+
+# Other spellings in use upstream (CMI: wrn40_2, vgg11_bn-as-vgg11; CPSC: wrn_40_2; DAFL: LeNet5Half).
+ALIASES = {
+    "vgg8_bn": "vgg8", "vgg11_bn": "vgg11",
+    **{f"wrn{d}_{w}": f"wrn_{d}_{w}" for d in (16, 40) for w in (1, 2)},
+    **{f"wrn-{d}-{w}": f"wrn_{d}_{w}" for d in (16, 40) for w in (1, 2)},
+    "lenet5half": "lenet5_half", "lenet5-half": "lenet5_half",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The registry name of ``name`` (case-insensitive, aliases resolved); DfkdError listing the known ones."""
+    key = str(name).lower()
+    key = ALIASES.get(key, key)
+    if key not in MODELS:
+        raise DfkdError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return key
+
+
+def model_spec(name: str) -> ModelSpec:
+    return MODELS[canonical_name(name)]
+
+
+def build_model(name: str, num_classes: int, *, in_channels: int | None = None, **kwargs) -> nn.Module:
+    """Build zoo model ``name`` for ``num_classes`` classes (DfkdError for an unknown name)."""
+    spec = model_spec(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise DfkdError(f"build_model: num_classes must be a positive int, got {num_classes!r}")
+    return spec.build(num_classes=num_classes, in_channels=in_channels or spec.in_channels, **kwargs)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The final classifier layer of a zoo model (or of a FeatureAdapter around one)."""
+    model = model.model if isinstance(model, FeatureAdapter) else model
+    for attr in ("linear", "fc", "classifier", "fc2"):
+        layer = getattr(model, attr, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise TypeError(f"head_of: {type(model).__name__} has no linear/fc/classifier/fc2 head")
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Width of the feature that ``model(x, out_feature=True)`` returns."""
+    if isinstance(model, FeatureAdapter):
+        return model.head[-1].out_features if isinstance(model.head, nn.Sequential) else model.head.out_features
+    return getattr(model, "feature_dim", None) or head_of(model).in_features
+
+
+def num_classes_of(model: nn.Module) -> int:
+    return head_of(model).out_features
+
+
+def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state_dict inside a checkpoint object: ``obj['state_dict']`` (CMI, akamaster, dfkd_fast) or ``obj``
+    itself (raw state_dict); the ``module.`` prefix of DataParallel/DDP is stripped."""
+    state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DfkdError(f"{source} holds no model state_dict (expected a dict of tensors or a dict with 'state_dict')")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | Mapping, *, what: str = "model",
+                 name: str | None = None) -> dict:
+    """Load a checkpoint (a path, or an already-loaded object named ``name``) into ``model``; returns the object.
+
+    Strict, except that BatchNorm counters (``num_batches_tracked``, absent from checkpoints of old PyTorch
+    versions) may be missing. Every problem is a one-line DfkdError naming it: missing file, corrupt file, no
+    state_dict, a class-count mismatch of the head, other missing/unexpected/mis-shaped parameters.
+    """
+    from dfkd_fast.runs import load_checkpoint
+
+    if isinstance(source, (str, os.PathLike)):
+        name, obj = str(source), load_checkpoint(source)
+    else:
+        name, obj = name or "state", dict(source)
+    state = extract_state_dict(obj, f"{what} checkpoint {name}")
+    own = model.state_dict()
+    head_key = next(f"{n}.weight" for n, m in model.named_modules() if m is head_of(model))
+    if head_key in state and state[head_key].dim() == 2 and state[head_key].shape != own[head_key].shape:
+        raise DfkdError(
+            f"{what} checkpoint {name} is for {state[head_key].shape[0]} classes ({head_key} "
+            f"{tuple(state[head_key].shape)}) but the {what} was built for {own[head_key].shape[0]} classes"
+        )
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
+        raise DfkdError(f"{what} checkpoint {name} does not match {type(model).__name__}: {'; '.join(parts)}")
+    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise DfkdError(f"{what} checkpoint {name} does not match {type(model).__name__}: {k} has shape "
+                        f"{tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
+    model.load_state_dict(state)
+    return obj
+
+
+__all__ = [
+    "ALIASES", "IMAGENET_NORM", "MODELS", "ConditionalGenerator", "FeatureAdapter", "GeneratorD", "ModelSpec",
+    "WRNAdapter", "build_model", "canonical_name", "extract_state_dict", "feature_dim", "head_of", "load_weights",
+    "model_spec", "num_classes_of",
+]

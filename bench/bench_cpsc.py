@@ -1,0 +1,65 @@
+"""CPSC-DFKD trainer steps: one generator step and one student step, fused ops vs the reference ops (eager) vs
+``torch.compile`` of the reference loss computation, in one run.
+
+On a GPU: ResNet-34 -> ResNet-18 at batch 512 / 100 classes and WRN-40-2 -> WRN-16-2 (batch 512 / 100 classes),
+bf16 autocast + channels_last (the trainer's CUDA defaults). On a CPU: WRN-16-2 -> WRN-16-1 at batch 16 / 10
+classes, eager only (the Triton kernels are benchmarked on a GPU; compiling on a CPU costs more than CI allows).
+Teachers are randomly initialised: the work per step does not depend on the weights.
+
+    pytest bench/bench_cpsc.py --benchmark-autosave            # record; GPU results go to bench/results/<gpu>/
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.conftest import DEVICE, ON_GPU, peaks, skip_unless_runnable, time_op
+from dfkd_fast.cpsc.config import CPSCConfig
+from dfkd_fast.cpsc.trainer import CPSCTrainer
+from dfkd_fast.models import build_model
+from dfkd_fast.runs import seed_everything
+
+# (teacher, student, batch, classes, TFLOP per generator step, per student step): notes/cpsc-dfkd.md §4, with the
+# teacher's and student's weight gradients skipped in the generator step
+GPU_PAIRS = [("resnet34", "resnet18", 512, 100, 3.87, 3.01), ("wrn_40_2", "wrn_16_2", 512, 100, 1.24, 0.77)]
+CPU_PAIRS = [("wrn_16_2", "wrn_16_1", 16, 10, None, None)]
+PAIRS = GPU_PAIRS if ON_GPU else CPU_PAIRS
+PROVIDER_CONFIG = {"fused": dict(fused=True), "eager": dict(fused=False), "compile": dict(fused=False, compile=True)}
+
+_trainers: dict[tuple, CPSCTrainer] = {}
+
+
+def trainer_for(pair, provider: str) -> CPSCTrainer:
+    key = (pair, provider)
+    if key not in _trainers:
+        teacher_name, student_name, batch, classes = pair[:4]
+        seed_everything(0)
+        cfg = CPSCConfig(teacher=teacher_name, student=student_name, dataset="cifar100", batch_size=batch,
+                         **PROVIDER_CONFIG[provider])
+        teacher = build_model(teacher_name, classes)
+        _trainers.clear()  # one set of networks on the device at a time
+        _trainers[key] = CPSCTrainer.from_config(cfg, teacher, in_channels=3, image_size=32,
+                                                 norm=((0.5,) * 3, (0.25,) * 3), device=DEVICE, log=lambda *a: None)
+    return _trainers[key]
+
+
+@pytest.mark.parametrize("provider", ["fused", "eager", "compile"])
+@pytest.mark.parametrize("step", ["generator", "student"])
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}-{p[1]}-b{p[2]}-c{p[3]}")
+def test_cpsc_step(benchmark, pair, step, provider):
+    skip_unless_runnable(provider)
+    if provider == "compile" and not ON_GPU:
+        pytest.skip("torch.compile of whole steps is benchmarked on a GPU (compiling on a CPU exceeds CI's budget)")
+    trainer = trainer_for(pair, provider)
+    run = trainer.generator_step if step == "generator" else trainer.student_step
+    tflop = pair[4] if step == "generator" else pair[5]
+    flops = {"fwd": tflop * 1e12, "bwd": 0.0} if tflop else None
+    time_op(benchmark, run, (), "fwd", op=f"cpsc_{step}_step", provider=provider, shape=[pair[2], pair[3]],
+            flops=flops, rounds=10 if ON_GPU else 1)
+    info = benchmark.extra_info
+    info.update(mode="step", pair=f"{pair[0]}->{pair[1]}", dtype="bf16 autocast" if ON_GPU else "float32")
+    if ON_GPU:
+        info["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        if "TFLOPs" in info and peaks():  # the convolutions run in bf16 on tensor cores
+            info["pct_peak_flops"] = 100 * info["TFLOPs"] * 1e12 / peaks()[1]

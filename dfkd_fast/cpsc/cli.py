@@ -1,0 +1,145 @@
+"""``dfkd-fast cpsc``: distil a classifier with CPSC-DFKD, without training data.
+
+Flag names follow the upstream script (``--teacher --student --dataset --batch_size --epochs --epoch_itrs --G_steps
+--S_steps --lr_G --lr_S --co_alpha --co_beta --co_gamma --co_eta --temp``, ``--ckpt`` for the teacher checkpoint);
+the defaults are the paper's recipe (every term on, README weights). ``num_classes`` comes from the dataset. The run
+directory (``--out``) gets config.json, metrics.jsonl, a resumable checkpoint per epoch, sample grids and the
+best/final student in the CMI layout; ``--resume`` continues a stopped run bit for bit.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m dfkd_fast.cli cpsc ...`` (``--batch_size`` is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+import torch
+
+from dfkd_fast.cpsc.config import AMP_MODES, COMPILE_MODES, G_OPTIMIZERS, IKD_FORMS, CPSCConfig
+from dfkd_fast.cpsc.distributed import init_from_env
+from dfkd_fast.cpsc.teacher import accuracy, load_classifier, resolve_device
+from dfkd_fast.cpsc.trainer import CPSCTrainer
+from dfkd_fast.data.images import dataset_info, load_images
+from dfkd_fast.errors import DfkdError
+from dfkd_fast.models import model_spec
+from dfkd_fast.runs import RunDir, load_checkpoint, seed_everything, set_rng_state
+
+HELP = {
+    "teacher": "teacher model name (resnet34, vgg11, wrn_40_2, resnet56, lenet5, ...)",
+    "student": "student model name (resnet18, wrn_16_2, wrn_40_1, wrn_16_1, resnet20, lenet5_half, ...)",
+    "dataset": "digits, mnist5k, mnist, cifar10, cifar100, tiny-imagenet (sets num_classes and the image size)",
+    "G_steps": "generator steps per iteration", "S_steps": "student steps per iteration",
+    "epoch_itrs": "iterations per epoch", "batch_size": "synthetic batch per step (per process)",
+    "warmup_epochs": "linear student-LR warm-up epochs before the cosine",
+    "ngf": "generator width (64 upstream; smaller for CPU runs)", "temp": "SupCon temperature",
+    "loss_IKD": "logit-MSE term (alpha)", "loss_BN": "teacher BN-statistics term (beta)",
+    "loss_SCL": "pseudo-supervised contrastive term (gamma)", "loss_CE": "cross-entropy to the condition labels (eta)",
+    "ikd": "IKD form: auto = log forms on cifar10 (upstream), mse, log",
+    "ce_on_logits": "fix: cross-entropy on logits (upstream: on softmax probabilities)",
+    "generator_optimizer": "fresh_adam = upstream's new Adam per step (a sign update); adam = one persistent Adam",
+    "freeze_student_bn_in_G": "fix: generator steps do not move the student's BN running statistics",
+    "fused": "dfkd_fast ops on the default backend (fused kernels on CUDA); --no-fused = reference ops",
+    "amp": "autocast: auto = bf16 on CUDA, off on CPU", "channels_last": "channels_last memory format on CUDA",
+    "compile": "torch.compile the loss computation of both steps",
+    "compile_mode": "torch.compile mode (reduce-overhead: CUDA graphs)",
+    "deterministic": "deterministic cuDNN kernels (slower; makes --resume bit-for-bit on a GPU too)",
+    "eval_every": "epochs between test-set evaluations (0: never)",
+    "sample_every": "epochs between PNG sample grids (0: never)", "ckpt_every": "epochs between checkpoints",
+}
+CHOICES = {"ikd": IKD_FORMS, "generator_optimizer": G_OPTIMIZERS, "amp": AMP_MODES, "compile_mode": COMPILE_MODES}
+SKIP = {"extra"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(CPSCConfig):
+        if field.name in SKIP:
+            continue
+        default = field.default
+        help_text = f"{HELP.get(field.name, '')} (default: {default})".strip()
+        if isinstance(default, bool):
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(f"--{field.name}", type=type(default), default=default,
+                                choices=CHOICES.get(field.name), help=help_text)
+    parser.add_argument("--ckpt", help="teacher checkpoint (dfkd-fast teacher, CMI, akamaster or a raw state_dict)")
+    parser.add_argument("--data-root", "--data_root", dest="data_root",
+                        help="folder holding the test set (for evaluation only; distillation reads no data)")
+    parser.add_argument("--eval_limit", type=int, default=None, help="evaluate on an evenly strided test subset")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/cpsc-DATASET-TEACHER-STUDENT)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
+RUN_KEYS = ("ckpt", "data_root", "eval_limit")
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[CPSCConfig, dict]:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CPSCConfig) if f.name not in SKIP}
+    return CPSCConfig(**values).validate(), {k: getattr(args, k) for k in RUN_KEYS}
+
+
+def run(args: argparse.Namespace) -> int:
+    dist = init_from_env(resolve_device(args.device))
+    out = args.out or f"runs/cpsc-{args.dataset}-{args.teacher}-{args.student}"
+    run_dir = None
+    if args.resume:
+        if not os.path.isfile(os.path.join(out, "config.json")):
+            raise DfkdError(f"--resume: {out} holds no run (config.json missing)")
+        if dist.is_main:
+            run_dir = RunDir(out, resume=True)
+            stored = run_dir.read_config()
+        else:
+            with open(os.path.join(out, "config.json")) as f:
+                stored = json.load(f)
+        cfg, extra = CPSCConfig.from_dict(stored).validate(), {k: stored.get(k) for k in RUN_KEYS}
+    else:
+        cfg, extra = _config_from_args(args)
+        if dist.is_main:
+            run_dir = RunDir(out)
+    if not extra["ckpt"]:
+        raise DfkdError("cpsc: --ckpt (the teacher checkpoint) is required")
+    data = dataset_info(cfg.dataset)
+    for role in ("teacher", "student"):
+        spec = model_spec(getattr(cfg, role))
+        if spec.image_size is not None and spec.image_size != data.image_size:
+            raise DfkdError(f"{role} {getattr(cfg, role)} takes {spec.image_size}x{spec.image_size} images, dataset "
+                            f"{data.name} has {data.image_size}x{data.image_size}")
+    test = None
+    if cfg.eval_every and dist.is_main:
+        if not data.embedded and extra["data_root"] is None:
+            raise DfkdError(f"cpsc: evaluating on {data.name} needs --data-root (a folder holding {data.layout}); "
+                            "or pass --eval_every 0")
+        test = load_images(data.name, "test", extra["data_root"], limit=extra["eval_limit"])
+
+    seed_everything(cfg.seed)
+    teacher, norm, _ = load_classifier(cfg.teacher, extra["ckpt"], data, what="teacher")
+    trainer = CPSCTrainer.from_config(cfg, teacher, in_channels=data.channels, image_size=data.image_size,
+                                      norm=norm, test_data=test, run_dir=run_dir, dist=dist)
+    if args.resume:
+        state = run_dir.load(dist.device) if run_dir is not None else load_checkpoint(
+            os.path.join(out, "checkpoint.pt"), dist.device)
+        if run_dir is None:
+            set_rng_state(state["rng"])
+        trainer.load_state_dict(state)
+        if dist.is_main:
+            print(f"cpsc: resuming {out} after epoch {trainer.epoch}")
+    elif run_dir is not None:
+        run_dir.write_config({**cfg.to_dict(), **extra})
+        if test is not None:
+            teacher_acc = accuracy(trainer.teacher, test, norm, trainer.device)
+            run_dir.log({"epoch": 0, "teacher_acc": teacher_acc})
+            print(f"cpsc: teacher {cfg.teacher} test accuracy {teacher_acc:.2%}")
+    summary = trainer.fit()
+    if dist.is_main:
+        acc = f"final accuracy {summary['acc']:.2%}, best {summary['best_acc']:.2%} (epoch {summary['best_epoch']})" \
+            if summary["acc"] is not None else "no evaluation"
+        print(f"cpsc: {cfg.teacher} -> {cfg.student} on {data.name}: {acc}; {summary['wall_s']:.0f} s; "
+              f"run directory {out}")
+    if dist.enabled:
+        torch.distributed.destroy_process_group()
+    return 0
+
