@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import dfkd_fast._backend as backend_mod
 from dfkd_fast import adjacency_to_pyg, binary_concrete_adjacency
 from dfkd_fast._backend import extension_missing
+from dfkd_fast.reference.binary_concrete import perturbed_logits
 
 needs_ext = pytest.mark.skipif(extension_missing("cpu") is not None, reason="dfkd_fast._C is not built")
 pytestmark = needs_ext
@@ -70,12 +71,21 @@ def test_low_precision_logits(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "dir"])
 def test_budget_ties_break_to_the_lower_index(dtype, symmetric):
-    # A huge constant logit rounds z = logit + noise onto a coarse grid: many exact ties straddle the budget.
-    big = 2.0**13 if dtype == torch.float32 else 2.0**45
+    # A huge constant logit rounds z = logit + noise onto a grid of ~64 values: exact ties straddle the budget.
+    big = 2.0**22 if dtype == torch.float32 else 2.0**52
     logits = torch.full((3, 40, 40), big, dtype=dtype)
+    counts = [40, 33, 9]
+    z, _, candidates = perturbed_logits(logits, torch.tensor(counts), SEED, OFFSET, symmetric)
+    straddled = 0
     for k in (1, 37, 300):
-        fused, ref = both(logits, [40, 33, 9], symmetric=symmetric, hard=True, k=k)
+        fused, ref = both(logits, counts, symmetric=symmetric, hard=True, k=k)
         assert torch.equal(fused, ref)
+        # Count the graphs where candidates equal to the k-th z were dropped while others were kept.
+        kept = (fused != 0) & candidates
+        threshold = torch.where(kept, z, torch.inf).amin(dim=(1, 2), keepdim=True)
+        ties = candidates & (z == threshold)
+        straddled += int(((ties & ~kept).any(dim=(1, 2)) & (ties & kept).any(dim=(1, 2))).sum())
+    assert straddled > 0, "no tie straddled a budget: the test lost its point"
 
 
 @pytest.mark.parametrize("budget", [{}, {"k": 25}], ids=["all", "k"])
@@ -260,7 +270,7 @@ def test_cuda_matches_cpu_kernel(n, budget, symmetric, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_budget_ties(dtype):
-    big = 2.0**13 if dtype == torch.float32 else 2.0**45
+    big = 2.0**22 if dtype == torch.float32 else 2.0**52
     logits = torch.full((3, 200, 200), big, dtype=dtype)
     for k in (1, 999, 15000):
         gpu, cpu = _cuda_vs_cpu(logits, [200, 150, 20], hard=True, k=k)

@@ -237,7 +237,7 @@ __global__ void select_init_kernel(int64_t* __restrict__ state,          // [B, 
   const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const int64_t pairs = pair_count(graph_nodes(num_nodes, b, n), symmetric);
-  const int64_t k = budget != nullptr ? budget[b] : pairs;
+  const int64_t k = budget != nullptr ? budget[b] : std::numeric_limits<int64_t>::max();
   int64_t* st = state + 4 * b;
   st[0] = 0;
   st[1] = k;
