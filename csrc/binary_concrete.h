@@ -5,7 +5,7 @@
 //   z = logit + L (acc_t)         y = sigmoid(z / tau)     hard = 1[z > 0]
 //   budget: a candidate pair is kept iff (z, index) ranks at or before the graph's threshold (z_t, index_t) in the
 //   order "larger z first, then lower flat index"; (-inf, INT64_MAX) keeps everything, (+inf, -1) nothing.
-//   gradient: dlogit = dy * y * (1 - y) / tau on kept pairs.
+//   gradient: dlogit = dy * y * (1 - y) / tau on kept pairs (both mirrored dy of a symmetric pair).
 // acc_t is float (half, bfloat16 and float logits) or double (double logits).
 #pragma once
 
@@ -57,10 +57,10 @@ DFKD_HOST_DEVICE acc_t sample(acc_t z, acc_t tau, bool hard) {
   return relaxed<acc_t>(z, tau);
 }
 
-// dy * y * (1 - y) / tau, in the reference's order of operations.
+// d y / d logit = y * (1 - y) / tau (the gradient is dy times this).
 template <typename acc_t>
-DFKD_HOST_DEVICE acc_t grad_term(acc_t dy, acc_t y, acc_t tau) {
-  return dy * y * (acc_t(1) - y) / tau;
+DFKD_HOST_DEVICE acc_t grad_scale(acc_t y, acc_t tau) {
+  return y * (acc_t(1) - y) / tau;
 }
 
 // Whether (i, j) is a pair the sampler draws: both nodes valid, off the diagonal, upper triangle if symmetric.

@@ -62,22 +62,19 @@ DFKD_HOST_DEVICE double philox_uniform(uint32_t word) {
   return (static_cast<double>(word >> 9) + 0.5) * 0x1p-23;
 }
 
-// Uniforms of consecutive flat elements, drawing each Philox block once for its four elements.
-struct PhiloxStream {
-  uint64_t seed, offset;
-  uint64_t group = ~uint64_t(0);
-  uint32_t words[4] = {0, 0, 0, 0};
-
-  DFKD_HOST_DEVICE PhiloxStream(uint64_t seed_, uint64_t offset_) : seed(seed_), offset(offset_) {}
-
-  DFKD_HOST_DEVICE double uniform(uint64_t element) {
-    const uint64_t g = element >> 2;
-    if (g != group) {
-      group = g;
-      philox4x32_10(g, seed, offset, words);
+// Uniforms of the flat elements [first, first + count) into u[0, count), each Philox block drawn once. The blocks
+// are independent iterations, so consecutive ones overlap in the pipeline.
+inline void philox_uniforms(double* u, uint64_t first, int64_t count, uint64_t seed, uint64_t offset) {
+  if (count <= 0) return;
+  const uint64_t end = first + static_cast<uint64_t>(count);
+  for (uint64_t g = first >> 2; g <= (end - 1) >> 2; ++g) {
+    uint32_t words[4];
+    philox4x32_10(g, seed, offset, words);
+    for (uint64_t q = 0; q < 4; ++q) {
+      const uint64_t e = 4 * g + q;
+      if (e >= first && e < end) u[e - first] = philox_uniform(words[q]);
     }
-    return philox_uniform(words[element & 3]);
   }
-};
+}
 
 }  // namespace dfkd_fast

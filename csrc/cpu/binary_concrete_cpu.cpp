@@ -73,11 +73,11 @@ void budget_threshold(const acc_t* z, int64_t n, int64_t nodes, bool symmetric, 
 }
 
 // z of the pairs (i, j), j in [j_begin, nodes), of one graph row (the diagonal's value is drawn but never used):
-// first the uniforms, drawing each Philox block once for its four elements, then the noise, in two tight loops.
+// first the uniforms, then the noise, in two tight loops.
 template <typename scalar_t, typename acc_t>
 void row_z(acc_t* z_row, double* u_row, const scalar_t* logits_row, uint64_t row_start, int64_t j_begin,
-           int64_t nodes, PhiloxStream& rng) {
-  for (int64_t j = j_begin; j < nodes; ++j) u_row[j] = rng.uniform(row_start + j);
+           int64_t nodes, uint64_t seed, uint64_t offset) {
+  philox_uniforms(u_row + j_begin, row_start + j_begin, nodes - j_begin, seed, offset);
   for (int64_t j = j_begin; j < nodes; ++j) {
     z_row[j] = static_cast<acc_t>(logits_row[j]) + bc::logistic<acc_t>(u_row[j]);
   }
@@ -97,19 +97,20 @@ void fwd_kernel(scalar_t* out, acc_type<scalar_t>* threshold_z, int64_t* thresho
     for (int64_t b = begin; b < end; ++b) {
       const int64_t nodes = checked_nodes(num_nodes, b, n);
       const int64_t base = b * nn;
-      PhiloxStream rng(seed, offset);
       for (int64_t i = 0; i < nodes; ++i) {
         row_z(z.data() + i * n, u.data(), logits + base + i * n, static_cast<uint64_t>(base + i * n),
-              symmetric ? i + 1 : 0, nodes, rng);
+              symmetric ? i + 1 : 0, nodes, seed, offset);
       }
       acc_t tz = -std::numeric_limits<acc_t>::infinity();
       int64_t ti = std::numeric_limits<int64_t>::max();
       if (budget != nullptr) budget_threshold(z.data(), n, nodes, symmetric, budget[b], scratch, tz, ti);
       threshold_z[b] = tz;
       threshold_idx[b] = ti;
+      // z -> sample, mirrored into the lower triangle of the buffer so that output rows are read contiguously.
       for_each_candidate(nodes, symmetric, [&](int64_t i, int64_t j) {
         acc_t& v = z[i * n + j];
         v = bc::kept<acc_t>(v, i * n + j, tz, ti) ? bc::sample<acc_t>(v, tau, hard) : acc_t(0);
+        if (symmetric) z[j * n + i] = v;
       });
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* row = out + base + i * n;
@@ -117,9 +118,7 @@ void fwd_kernel(scalar_t* out, acc_type<scalar_t>* threshold_z, int64_t* thresho
           std::fill(row, row + n, scalar_t(0));
           continue;
         }
-        for (int64_t j = 0; j < nodes; ++j) {
-          row[j] = static_cast<scalar_t>(symmetric && j < i ? z[j * n + i] : z[i * n + j]);
-        }
+        for (int64_t j = 0; j < nodes; ++j) row[j] = static_cast<scalar_t>(z[i * n + j]);
         row[i] = static_cast<scalar_t>(self_loops ? acc_t(1) : acc_t(0));
         std::fill(row + nodes, row + n, scalar_t(0));
       }
@@ -142,7 +141,6 @@ void bwd_kernel(scalar_t* grad_logits, const scalar_t* grad, const scalar_t* log
       const int64_t base = b * nn;
       const acc_t tz = threshold_z[b];
       const int64_t ti = threshold_idx[b];
-      PhiloxStream rng(seed, offset);
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* row = grad_logits + base + i * n;
         const int64_t j_begin = symmetric ? std::min(i + 1, nodes) : 0;
@@ -150,15 +148,16 @@ void bwd_kernel(scalar_t* grad_logits, const scalar_t* grad, const scalar_t* log
           std::fill(row, row + n, scalar_t(0));
           continue;
         }
-        row_z(z.data(), u.data(), logits + base + i * n, static_cast<uint64_t>(base + i * n), j_begin, nodes, rng);
+        row_z(z.data(), u.data(), logits + base + i * n, static_cast<uint64_t>(base + i * n), j_begin, nodes, seed,
+              offset);
         std::fill(row, row + j_begin, scalar_t(0));
         for (int64_t j = j_begin; j < nodes; ++j) {
           acc_t d = 0;
           if (j != i && bc::kept<acc_t>(z[j], i * n + j, tz, ti)) {
-            const acc_t y = bc::relaxed<acc_t>(z[j], tau);
-            d = bc::grad_term<acc_t>(static_cast<acc_t>(grad[base + i * n + j]), y, tau);
+            const acc_t scale = bc::grad_scale<acc_t>(bc::relaxed<acc_t>(z[j], tau), tau);
+            d = static_cast<acc_t>(grad[base + i * n + j]) * scale;
             // The mirrored entry (j, i) of a symmetric graph is the same variable.
-            if (symmetric) d += bc::grad_term<acc_t>(static_cast<acc_t>(grad[base + j * n + i]), y, tau);
+            if (symmetric) d += static_cast<acc_t>(grad[base + j * n + i]) * scale;
           }
           row[j] = static_cast<scalar_t>(d);
         }

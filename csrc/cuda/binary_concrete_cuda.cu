@@ -210,9 +210,9 @@ __global__ void __launch_bounds__(kTileThreads)
       if (bc::candidate(i, j, nodes, symmetric)) {
         const acc_t z = zs[r][c];
         if (bc::kept<acc_t>(z, static_cast<int64_t>(i) * n + j, tz, ti)) {
-          const acc_t y = bc::relaxed<acc_t>(z, tau);
-          d = bc::grad_term<acc_t>(static_cast<acc_t>(grad[e]), y, tau);
-          if (symmetric) d += bc::grad_term<acc_t>(gm[c][r], y, tau);  // grad[j][i]
+          const acc_t scale = bc::grad_scale<acc_t>(bc::relaxed<acc_t>(z, tau), tau);
+          d = static_cast<acc_t>(grad[e]) * scale;
+          if (symmetric) d += gm[c][r] * scale;  // grad[j][i]: the mirrored entry is the same variable
         }
       }
       grad_logits[e] = static_cast<scalar_t>(d);
