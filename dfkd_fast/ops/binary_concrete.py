@@ -79,7 +79,7 @@ def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: to
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
     """``t.to(device)`` that does not wait for the GPU: a host-to-device copy staged in pinned memory, non-blocking
     (a plain copy from pageable memory synchronises the stream)."""
-    if t.device.type == "cpu" and device.type == "cuda":
+    if t.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 
