@@ -1,96 +1,62 @@
 """binary_concrete_adjacency: relaxed-Bernoulli pseudo-graph edges with a sparsity budget, and the PyG edge list.
 
-Custom ops ``dfkd_fast::binary_concrete_fwd`` / ``dfkd_fast::binary_concrete_bwd`` (the backward recomputes the
-noise from ``(seed, offset)``: nothing the size of the adjacency is saved), their fake kernels and autograd formula,
-and the validated functional API. The maths is in :mod:`dfkd_fast.reference.binary_concrete`.
+The C++ ops ``dfkd_fast::binary_concrete_fwd`` / ``dfkd_fast::binary_concrete_bwd`` (schemas in csrc/dfkd_fast.cpp,
+kernels in csrc/cpu and csrc/cuda) get their fake kernels and autograd formula here. The forward returns the
+adjacency and, per graph, the budget threshold ``(z, flat index)`` of the last kept pair; the backward recomputes the
+noise from ``(seed, offset)`` and rebuilds the kept pairs from the thresholds, so nothing the size of the adjacency is
+saved. The maths is in :mod:`dfkd_fast.reference.binary_concrete`; without ``dfkd_fast._C`` the reference runs.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from torch import Tensor
 
 from dfkd_fast import _checks
-from dfkd_fast._backend import use_fused
-from dfkd_fast.reference.binary_concrete import (
-    binary_concrete_adjacency_reference,
-    budget_mask,
-    edge_budget,
-    node_mask,
-    perturbed_logits,
-)
+from dfkd_fast._backend import extension, use_fused
+from dfkd_fast.reference._common import compute_dtype
+from dfkd_fast.reference.binary_concrete import binary_concrete_adjacency_reference, edge_budget, node_mask
 
 MAX_SEED = 2**63 - 1
+MAX_NODES = 46340  # a pair's flat index i * n + j within its graph is ranked as 32 bits by the CUDA budget select
 
 
-def _kept_edges(logits, num_nodes, budget, seed, offset, symmetric):
-    z, valid, candidates = perturbed_logits(logits, num_nodes, seed, offset, symmetric)
-    if budget is None:
-        return z, valid
-    kept = budget_mask(z, candidates, budget)
-    return z, kept | kept.transpose(1, 2) if symmetric else kept
+def _fake_fwd(logits, num_nodes, budget, tau, seed, offset, symmetric, hard, self_loops):
+    batch = logits.shape[0]
+    return (
+        logits.new_empty(logits.shape),
+        logits.new_empty(batch, dtype=compute_dtype(logits.dtype)),
+        logits.new_empty(batch, dtype=torch.int64),
+    )
 
 
-@torch.library.custom_op("dfkd_fast::binary_concrete_fwd", mutates_args=())
-def binary_concrete_fwd(
-    logits: Tensor,
-    num_nodes: Tensor,
-    budget: Tensor | None,
-    tau: float,
-    seed: int,
-    offset: int,
-    symmetric: bool,
-    hard: bool,
-    self_loops: bool,
-) -> Tensor:
-    """The adjacency [B, n, n] in the dtype of ``logits``."""
-    return binary_concrete_adjacency_reference(logits, num_nodes, tau, seed, offset, symmetric, hard, self_loops,
-                                               budget)
-
-
-@binary_concrete_fwd.register_fake
-def _(logits, num_nodes, budget, tau, seed, offset, symmetric, hard, self_loops):
-    return torch.empty_like(logits)
-
-
-@torch.library.custom_op("dfkd_fast::binary_concrete_bwd", mutates_args=())
-def binary_concrete_bwd(
-    grad: Tensor,
-    logits: Tensor,
-    num_nodes: Tensor,
-    budget: Tensor | None,
-    tau: float,
-    seed: int,
-    offset: int,
-    symmetric: bool,
-) -> Tensor:
-    """d logits = grad * y * (1 - y) / tau on kept edges (both mirrored entries summed onto the upper triangle)."""
-    z, kept = _kept_edges(logits, num_nodes, budget, seed, offset, symmetric)
-    y = torch.sigmoid(z / tau)
-    d = torch.where(kept, grad.to(z.dtype) * y * (1 - y) / tau, 0.0)
-    if symmetric:
-        d = (d + d.transpose(1, 2)).triu(1)
-    return d.to(logits.dtype)
-
-
-@binary_concrete_bwd.register_fake
-def _(grad, logits, num_nodes, budget, tau, seed, offset, symmetric):
-    return torch.empty_like(logits)
+def _fake_bwd(grad, logits, num_nodes, threshold_z, threshold_idx, tau, seed, offset, symmetric):
+    return logits.new_empty(logits.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    logits, num_nodes, budget, tau, seed, offset, symmetric, _hard, _self_loops = inputs
-    ctx.save_for_backward(logits, num_nodes, budget)
+    logits, num_nodes, _budget, tau, seed, offset, symmetric, _hard, _self_loops = inputs
+    _adj, threshold_z, threshold_idx = output
+    ctx.save_for_backward(logits, num_nodes, threshold_z, threshold_idx)
+    ctx.mark_non_differentiable(threshold_z, threshold_idx)
     ctx.params = (tau, seed, offset, symmetric)
 
 
-def _backward(ctx, grad):
-    logits, num_nodes, budget = ctx.saved_tensors
-    d_logits = binary_concrete_bwd(grad, logits, num_nodes, budget, *ctx.params)
+def _backward(ctx, grad, _grad_threshold_z, _grad_threshold_idx):
+    logits, num_nodes, threshold_z, threshold_idx = ctx.saved_tensors
+    d_logits = torch.ops.dfkd_fast.binary_concrete_bwd(grad, logits, num_nodes, threshold_z, threshold_idx,
+                                                       *ctx.params)
     return d_logits, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("dfkd_fast::binary_concrete_fwd", _backward, setup_context=_setup_context)
+# The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
+# reported, once, when a call asks for the fused backend).
+if importlib.util.find_spec("dfkd_fast._C") is not None and extension() is not None:
+    torch.library.register_fake("dfkd_fast::binary_concrete_fwd")(_fake_fwd)
+    torch.library.register_fake("dfkd_fast::binary_concrete_bwd")(_fake_bwd)
+    torch.library.register_autograd("dfkd_fast::binary_concrete_fwd", _backward, setup_context=_setup_context)
 
 
 def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: torch.device) -> Tensor:
@@ -107,7 +73,15 @@ def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: to
         if low < 0 or high > n:
             raise ValueError(f"{fn}: argument 'num_nodes' must hold node counts in [0, {n}] (the padded size n), "
                              f"found {low if low < 0 else high}")
-    return t.to(device=device, dtype=torch.int64)
+    return _to_device(t.to(torch.int64), device)
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t.to(device)`` that does not wait for the GPU: a host-to-device copy staged in pinned memory, non-blocking
+    (a plain copy from pageable memory synchronises the stream)."""
+    if t.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def binary_concrete_adjacency(
@@ -147,8 +121,13 @@ def binary_concrete_adjacency(
     batch, rows, n = logits.shape
     if rows != n:
         raise ValueError(f"{fn}: argument 'logits' must be square per graph, [B, n, n], got shape {tuple(logits.shape)}")
+    if n > MAX_NODES:
+        raise ValueError(f"{fn}: argument 'logits' allows at most {MAX_NODES} nodes per graph, got n = {n}")
     num_nodes_t = _num_nodes_tensor(fn, num_nodes, batch, n, logits.device)
-    _checks.positive(fn, "tau", tau)
+    tau = _checks.positive(fn, "tau", tau)
+    for name, flag in (("symmetric", symmetric), ("hard", hard), ("self_loops", self_loops)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{fn}: argument '{name}' must be a bool, got {type(flag).__name__}")
     if seed is None:
         seed = int(torch.randint(0, MAX_SEED, (1,)).item())
     _checks.integer(fn, "seed", seed, low=0, high=MAX_SEED)
@@ -156,14 +135,15 @@ def binary_concrete_adjacency(
     if k is not None and ratio is not None:
         raise ValueError(f"{fn}: give at most one of 'k' and 'ratio', got k={k} and ratio={ratio}")
     if k is not None:
-        _checks.integer(fn, "k", k, low=0)
+        _checks.integer(fn, "k", k, low=0, high=MAX_SEED)
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
             raise ValueError(f"{fn}: argument 'ratio' must be a float in [0, 1], got {ratio!r}")
     _checks.finite(fn, "logits", logits)
     budget = edge_budget(num_nodes_t, symmetric, k, ratio)
     if use_fused(fn, backend, logits.device, "cpp"):
-        return binary_concrete_fwd(logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard, self_loops)
+        return torch.ops.dfkd_fast.binary_concrete_fwd(logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard,
+                                                       self_loops)[0]
     return binary_concrete_adjacency_reference(logits, num_nodes_t, tau, seed, offset, symmetric, hard, self_loops,
                                                budget)
 
@@ -197,10 +177,10 @@ def adjacency_to_pyg(
     if max_edges is not None:
         _checks.integer(fn, "max_edges", max_edges, low=0)
     device = adj.device
-    counts_dev = counts.to(device)
+    counts_dev = _to_device(counts, device)
     starts = torch.cumsum(counts_dev, 0) - counts_dev
     total = int(counts.sum())  # no device sync when the counts live on the CPU
-    graph_of_node = torch.repeat_interleave(torch.arange(batch, device=counts.device), counts, output_size=total)
+    graph_of_node = torch.repeat_interleave(torch.arange(batch, device=device), counts_dev, output_size=total)
     nodes = node_mask(counts_dev, n)
     candidates = nodes[:, :, None] & nodes[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=device)
     if symmetric:
@@ -224,4 +204,4 @@ def adjacency_to_pyg(
         src, dst = src.clamp(max=max(total - 1, 0)), dst.clamp(max=max(total - 1, 0))
     if symmetric:
         src, dst, weight = torch.cat([src, dst]), torch.cat([dst, src]), torch.cat([weight, weight])
-    return torch.stack([src, dst]), weight, graph_of_node.to(device)
+    return torch.stack([src, dst]), weight, graph_of_node
