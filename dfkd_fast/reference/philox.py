@@ -9,6 +9,9 @@ The C++ and CUDA kernels (csrc/philox.h) compute the same numbers, so a sample i
 
 ``offset`` selects an independent stream: draw each new sample with a new offset (e.g. the step number).
 uint32 arithmetic is emulated in int64 with 16-bit partial products, so nothing overflows.
+
+``philox_uniform`` is a custom op so that ``torch.compile`` of a reference treats the generator as one opaque call:
+inlined, the ten rounds form an expression tree that Inductor cannot lower in reasonable time.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ def philox4x32(
     return c0, c1, c2, c3
 
 
-def philox_uniform(numel: int, seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``numel`` float32 uniforms in (0, 1) for elements 0..numel-1 of stream ``(seed, offset)``."""
+@torch.library.custom_op("dfkd_fast::philox_uniform", mutates_args=())
+def _philox_uniform(numel: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
     groups = torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
     counter = (
         groups & MASK32,
@@ -55,3 +58,13 @@ def philox_uniform(numel: int, seed: int, offset: int, device: torch.device | st
     )
     words = torch.stack(philox4x32(counter, (seed & MASK32, (seed >> 32) & MASK32)), dim=1).reshape(-1)[:numel]
     return ((words >> 9).to(torch.float32) + 0.5) * 2.0**-23
+
+
+@_philox_uniform.register_fake
+def _(numel, seed, offset, device):
+    return torch.empty(numel, dtype=torch.float32, device=device)
+
+
+def philox_uniform(numel: int, seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``numel`` float32 uniforms in (0, 1) for elements 0..numel-1 of stream ``(seed, offset)``."""
+    return _philox_uniform(numel, seed, offset, torch.device(device))
