@@ -13,19 +13,19 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def layout(adj: np.ndarray, iterations: int = 60, seed: int = 0) -> np.ndarray:
+def layout(adj: np.ndarray, iterations: int = 150, seed: int = 0) -> np.ndarray:
     """Fruchterman-Reingold positions in [0, 1]^2 for a small graph (``adj`` symmetric 0/1, no self-loops)."""
     n = adj.shape[0]
-    rng = np.random.RandomState(seed)
-    pos = rng.rand(n, 2)
+    pos = np.random.RandomState(seed).rand(n, 2)
     k = 1.0 / math.sqrt(max(n, 1))
-    step = 0.1
-    for _ in range(iterations):
+    for it in range(iterations):
         delta = pos[:, None, :] - pos[None, :, :]
         dist = np.maximum(np.linalg.norm(delta, axis=-1), 1e-3)
         force = k * k / dist**2 - adj * dist / k  # repulsion between all pairs, attraction along edges
-        pos += step * (delta * force[:, :, None]).sum(1) / n
-        step *= 0.95
+        disp = (delta * force[:, :, None]).sum(1) - (pos - pos.mean(0))  # gravity keeps components close
+        length = np.maximum(np.linalg.norm(disp, axis=1, keepdims=True), 1e-9)
+        temperature = 0.1 * (1 - it / iterations)  # the largest move, cooling linearly
+        pos += disp / length * np.minimum(length, temperature)
     pos -= pos.min(0)
     return pos / np.maximum(pos.max(0), 1e-9)
 

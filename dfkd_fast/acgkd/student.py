@@ -53,6 +53,7 @@ class ProjectedStudent(nn.Module):
 
     def __init__(self, student: GNN, projector: str, classifier: nn.Linear) -> None:
         super().__init__()
+        student.linears_prediction = None  # the teacher's classifier replaces the student's own
         self.student = student
         self.projector_kind = projector
         self.projector = PROJECTOR_CLASSES[projector](student.hidden, classifier.in_features)

@@ -212,6 +212,17 @@ class GraphDistiller:
             draw_graphs(select(graphs, torch.arange(count, device=graphs.mask.device)), path)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
+    STUDENT_KEYS = ("student", "optimizer", "scheduler", "temperature")
+
+    def load_generation(self, state: dict) -> None:
+        """Take over another trainer's pseudo-graphs (its state_dict from before its KD phase) and keep this
+        trainer's own student: one generation serves several students."""
+        if state["epoch"] != 0:
+            raise ValueError("load_generation: argument 'state' must be taken before the KD phase (epoch 0), "
+                             f"got epoch {state['epoch']}")
+        own = self.state_dict()
+        self.load_state_dict({**state, **{k: own[k] for k in self.STUDENT_KEYS if k in own}})
+
     def state_dict(self) -> dict:
         return {
             "method": self.method, "step": self.step, "epoch": self.epoch, "generation_done": self.generation_done,

@@ -130,7 +130,7 @@ def split(dataset: GraphDataset, *, seed: int = GFKD_SPLIT_SEED, folds: int | No
     return kfold_split([int(g.y) for g in dataset.graphs], folds, fold, seed)
 
 
-# The motif dataset: a Barabasi-Albert tree with one motif attached; the motif decides the class.
+# The motif dataset: a Barabasi-Albert base graph with one motif attached; the motif decides the class.
 MOTIF_MAX_DEGREE = 6  # degree one-hot features 1..6+ (6 features)
 
 
@@ -138,10 +138,11 @@ def motif_dataset(num_graphs: int = 600, *, seed: int = 0, min_base: int = 8, ma
                   self_loops: bool = True) -> GraphDataset:
     """An embedded two-class dataset built with PyG's graph and motif generators (no download).
 
-    Each graph is a Barabasi-Albert tree (``BAGraph``, one edge per new node, ``min_base..max_base`` nodes) with one
-    motif attached to a random node by one edge: class 0 a house (``HouseMotif``: 5 nodes, 6 edges), class 1 a
-    5-cycle (``CycleMotif(5)``). Node features are one-hot degrees (capped at ``MOTIF_MAX_DEGREE``). Labels are
-    balanced; the same ``seed`` gives the same graphs (the generators' global RNGs are restored afterwards).
+    Each graph is a Barabasi-Albert base (``BAGraph`` with one edge per new node and ``min_base..max_base`` nodes: a
+    tree, plus the odd isolated node PyG's generator leaves when a node draws itself) with one motif attached to a
+    random base node by one edge: class 0 a house (``HouseMotif``: 5 nodes, 6 edges), class 1 a 5-cycle
+    (``CycleMotif(5)``), as in BA-2Motifs. Node features are one-hot degrees (capped at ``MOTIF_MAX_DEGREE``).
+    Labels are balanced; the same ``seed`` gives the same graphs (the generators' global RNGs are restored).
     """
     from torch_geometric.datasets.graph_generator import BAGraph
     from torch_geometric.datasets.motif_generator import CycleMotif, HouseMotif
