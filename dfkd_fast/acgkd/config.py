@@ -64,7 +64,8 @@ class ACGKDConfig(DistillConfig):
     # student
     projector: str = _f("gat", "projector from the student's width to the teacher's, feeding the teacher's "
                         "frozen classifier (none: the student keeps its own classifier)", choices=PROJECTORS)
-    w_feat: float = _f(1.0, "weight of the MSE between projected student and teacher pooled features")
+    w_feat: float = _f(0.1, "weight of the MSE between projected student and teacher pooled features (sum "
+                       "pooling makes them large: 0.1 keeps the KD term in play)")
     w_kd: float = _f(1.0, "weight of the logit KD term")
     # curriculum over pseudo-graphs
     curriculum: str = _f("confidence", "difficulty order of the pseudo-graphs, easy first", choices=CURRICULA)
