@@ -55,8 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method options (default: the method's own value)")
     for name, (f, defaults) in _config_fields().items():
         flag = "--" + name.replace("_", "-")
-        per_method = ", ".join(f"{m}: {d}" for m, d in defaults.items())
-        help_text = f"{f.metadata['help']} ({per_method})"
+        values = set(map(repr, defaults.values()))
+        shown = (f"default {next(iter(defaults.values()))}" if len(values) == 1
+                 else ", ".join(f"{m}: {d}" for m, d in defaults.items()))
+        help_text = f"{f.metadata['help']} ({shown})"
         type_name = str(f.type).replace(" | None", "")
         if type_name == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -69,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise DfkdError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise DfkdError("--device cuda: no CUDA device is available")
     return torch.device(name)

@@ -81,6 +81,7 @@ class GFKDTrainer(GraphDistiller):
 
     def __init__(self, config: GFKDConfig, teacher: GNN, **kwargs) -> None:
         super().__init__(config, teacher, **kwargs)
+        self._require_graph_count()
         cfg = config
         self.graphs = BernoulliGraphs(self.num_graphs, self.teacher.in_dim, self.teacher.num_classes,
                                       min_nodes=cfg.min_nodes, max_nodes=cfg.max_nodes, seed=cfg.seed).to(self.device)

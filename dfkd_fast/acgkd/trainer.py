@@ -112,6 +112,11 @@ class GraphDistiller:
         return self.exported
 
     # -- shared ------------------------------------------------------------------------------------------------
+    def _require_graph_count(self) -> None:
+        if self.num_graphs < 1:
+            raise ValueError(f"{type(self).__name__}: config.num_graphs must be >= 1 (GFKD's recipe: the teacher's "
+                             f"training-set size), got {self.config.num_graphs}")
+
     def _make_student_optimizer(self, extra: list | None = None) -> None:
         params = [p for p in self.student.parameters() if p.requires_grad] + (extra or [])
         self.optimizer = torch.optim.Adam(params, lr=self.config.lr)
@@ -129,14 +134,14 @@ class GraphDistiller:
 
     def kd_epoch(self) -> dict:
         self.student.train()
-        totals: dict[str, float] = {}
+        totals: dict[str, Tensor] = {}
         count = 0
         for graphs in self.kd_batches():
             for k, v in self.kd_step(graphs).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                totals[k] = totals.get(k, 0.0) + v  # device tensors: one sync per epoch, not per step
             count += 1
         self.scheduler.step()
-        return {k: v / max(count, 1) for k, v in totals.items()}
+        return {k: float(v) / max(count, 1) for k, v in totals.items()}
 
     def evaluate(self) -> float | None:
         """Student accuracy on the real test graphs (None without test graphs)."""
@@ -252,6 +257,7 @@ class ACGKDTrainer(GraphDistiller):
 
     def __init__(self, config: ACGKDConfig, teacher: GNN, **kwargs) -> None:
         super().__init__(config, teacher, **kwargs)
+        self._require_graph_count()
         cfg = config
         self.graphs = PseudoGraphs(
             self.num_graphs, self.teacher.in_dim, self.teacher.num_classes, min_nodes=cfg.min_nodes,
@@ -292,9 +298,8 @@ class ACGKDTrainer(GraphDistiller):
         """Order the pseudo-graphs from easy to hard for the curriculum; fix them unless KD resamples edges."""
         cfg = self.config
         self.bn_loss.remove()  # the KD phase needs no statistics
-        with self.bn_loss.paused():
-            self.curriculum = Curriculum.build(cfg.curriculum, self.graphs, self.teacher, cfg.epochs,
-                                               cfg.curriculum_start, cfg.curriculum_ramp)
+        self.curriculum = Curriculum.build(cfg.curriculum, self.graphs, self.teacher, cfg.epochs,
+                                           cfg.curriculum_start, cfg.curriculum_ramp)
         if not cfg.resample:
             self.exported = self.graphs.hard_sample()
 
@@ -315,7 +320,7 @@ class ACGKDTrainer(GraphDistiller):
         if self.temperature is not None:
             t = self.temperature(losses.cosine_ramp(self.epoch, cfg.reversal_ramp, cfg.reversal_max))
         else:
-            t = torch.tensor(cfg.kd_temperature)
+            t = torch.tensor(cfg.kd_temperature, device=self.device)
         kd = losses.kd_loss(student_logits, teacher_logits, t)
         loss = cfg.w_feat * feat + cfg.w_kd * kd
         self._update(loss)
