@@ -65,6 +65,9 @@ def test_sample_is_differentiable_in_both_logits():
     graphs = PseudoGraphs(5, 3, 2, seed=2)
     draw = graphs.sample(index=torch.tensor([0, 3]))
     assert draw.x.shape[0] == draw.adj.shape[0] == 2
+    # hard_features: one-hot forward (what the student sees), softmax gradient backward
+    assert set(draw.x.detach().unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(draw.x.detach().sum(-1), torch.ones(draw.x.shape[:2]))
     (draw.adj.sum() + (draw.x * torch.arange(3.0)).sum()).backward()
     assert graphs.edge_logits.grad[[0, 3]].abs().sum() > 0
     assert graphs.edge_logits.grad[[1, 2, 4]].abs().sum() == 0

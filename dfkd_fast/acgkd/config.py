@@ -56,6 +56,8 @@ class ACGKDConfig(DistillConfig):
     init_density: float = _f(0.15, "initial mean edge probability (GFKD starts at 0.5)")
     symmetric: bool = _f(True, "undirected pseudo-graphs (mirrored upper triangle), like the real TU graphs")
     straight_through: bool = _f(True, "hard 0/1 edges forward, relaxed gradient backward (Binary Concrete ST)")
+    hard_features: bool = _f(True, "one-hot argmax node features forward, softmax gradient backward: the teacher "
+                             "sees the graphs the student will see")
     lr_structure: float = _f(0.1, "Adam learning rate of the edge logits")
     lr_features: float = _f(0.05, "Adam learning rate of the node-feature logits")
     w_ce: float = _f(1.0, "weight of the CE between the teacher's prediction and the sampled label")

@@ -107,7 +107,7 @@ class GFKDTrainer(GraphDistiller):
         deterministic = g.graphs(torch.sigmoid(g.structure) >= 0.5, x)
         self.bn_loss.clear()
         logits = self.teacher(deterministic)
-        terms = losses.generation_loss(logits, g.labels, self.bn_loss(), deterministic, w_bn=cfg.w_bn,
+        terms = losses.generation_loss(logits, g.labels, self.bn_loss(), x, deterministic.mask, w_bn=cfg.w_bn,
                                        w_entropy=cfg.w_entropy)
         self.generator_optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()

@@ -9,17 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfkd_fast.acgkd.pseudo_graphs import feature_entropy
-from dfkd_fast.models.gnn import DenseGraphs
 
 
-def generation_loss(logits: Tensor, labels: Tensor, bn: Tensor, graphs: DenseGraphs, *, w_ce: float = 1.0,
-                    w_bn: float = 0.01, w_entropy: float = 1e-6) -> dict[str, Tensor]:
+def generation_loss(logits: Tensor, labels: Tensor, bn: Tensor, probabilities: Tensor, mask: Tensor, *,
+                    w_ce: float = 1.0, w_bn: float = 0.01, w_entropy: float = 1e-6) -> dict[str, Tensor]:
     """``w_ce * CE(teacher(G), y) + w_bn * L_BN + w_entropy * H(features)`` (GFKD's loss; ACGKD keeps its terms).
 
-    ``bn`` is the BN-statistics loss the teacher's BatchNorm hooks collected over the valid nodes of ``graphs``.
+    ``bn`` is the BN-statistics loss the teacher's BatchNorm hooks collected over the valid nodes of the graphs;
+    ``probabilities [B, n, F]`` are the node-feature distributions ``softmax(Z)`` and ``mask [B, n]`` the valid nodes.
     """
     ce = F.cross_entropy(logits, labels)
-    entropy = feature_entropy(graphs.x, graphs.mask)
+    entropy = feature_entropy(probabilities, mask)
     return {"loss": w_ce * ce + w_bn * bn + w_entropy * entropy, "ce": ce, "bn": bn, "entropy": entropy}
 
 

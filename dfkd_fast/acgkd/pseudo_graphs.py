@@ -38,12 +38,13 @@ class PseudoGraphs(nn.Module):
     def __init__(self, num_graphs: int, num_features: int, num_classes: int, *, min_nodes: int = 10,
                  max_nodes: int = 29, tau: float = 1.0, xi: float | None = 0.15, edge_budget: int | None = None,
                  init_density: float = 0.15, symmetric: bool = True, straight_through: bool = True,
-                 seed: int = 0, backend: str | None = None) -> None:
+                 hard_features: bool = True, seed: int = 0, backend: str | None = None) -> None:
         super().__init__()
         counts, labels = draw_counts_and_labels(num_graphs, min_nodes, max_nodes, num_classes, seed)
         self.register_buffer("num_nodes", counts)
         self.register_buffer("labels", labels)
         self.num_classes = num_classes
+        self.hard_features = hard_features
         gen = torch.Generator().manual_seed(seed + 1)
         # logit-normal edge probabilities around init_density: a varied start at a real-looking density
         noise = torch.randn(num_graphs, max_nodes, max_nodes, generator=gen)
@@ -62,23 +63,33 @@ class PseudoGraphs(nn.Module):
         n = int(counts.max()) if counts.numel() else 0
         return node_mask(counts, n).to(self.edge_logits.device), counts, n
 
-    def sample(self, index: Tensor | None = None, tau: float | None = None) -> DenseGraphs:
-        """A differentiable Binary Concrete draw of the graphs ``index`` (all by default), features ``softmax(Z)``.
+    def feature_probabilities(self, index: Tensor | None = None) -> Tensor:
+        """``softmax(Z)`` of the graphs ``index`` ``[B, n, F]``, padded like :meth:`sample`."""
+        n = self._layout(index)[2]
+        z = self.feature_logits if index is None else self.feature_logits[index]
+        return torch.softmax(z[:, :n], dim=-1)
 
-        The batch is padded to its largest graph only. Each call advances the sampler's noise stream.
+    def sample(self, index: Tensor | None = None, tau: float | None = None) -> DenseGraphs:
+        """A differentiable Binary Concrete draw of the graphs ``index`` (all by default).
+
+        Node features are ``softmax(Z)``, or with ``hard_features`` the one-hot ``argmax Z`` the student will see,
+        with the softmax's straight-through gradient. The batch is padded to its largest graph only. Each call
+        advances the sampler's noise stream.
         """
         mask, counts, n = self._layout(index)
         logits = self.edge_logits if index is None else self.edge_logits[index]
-        feats = self.feature_logits if index is None else self.feature_logits[index]
         adj = self.sampler(logits[:, :n, :n], counts, tau)
-        return DenseGraphs(torch.softmax(feats[:, :n], dim=-1), adj, mask)
+        x = self.feature_probabilities(index)
+        if self.hard_features:
+            x = F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype) + (x - x.detach())
+        return DenseGraphs(x, adj, mask)
 
     @torch.no_grad()
     def hard_sample(self, index: Tensor | None = None) -> DenseGraphs:
         """A Bernoulli draw (0/1 edges within the budget) with one-hot ``argmax Z`` features: graphs as a student
         sees them. ``y > 1/2`` of the relaxed draw is exactly the hard Bernoulli sample, at any temperature."""
         graphs = self.sample(index)
-        x = F.one_hot(graphs.x.argmax(-1), graphs.x.shape[-1]).to(graphs.x.dtype)
+        x = F.one_hot(graphs.x.argmax(-1), graphs.x.shape[-1]).to(graphs.x.dtype)  # argmax x = argmax Z
         return DenseGraphs(x, (graphs.adj > 0.5).to(graphs.adj.dtype), graphs.mask)
 
     @torch.no_grad()

@@ -263,7 +263,7 @@ class ACGKDTrainer(GraphDistiller):
             self.num_graphs, self.teacher.in_dim, self.teacher.num_classes, min_nodes=cfg.min_nodes,
             max_nodes=cfg.max_nodes, tau=cfg.tau, xi=cfg.xi, edge_budget=cfg.edge_budget,
             init_density=cfg.init_density, symmetric=cfg.symmetric, straight_through=cfg.straight_through,
-            seed=cfg.seed, backend=self.backend).to(self.device)
+            hard_features=cfg.hard_features, seed=cfg.seed, backend=self.backend).to(self.device)
         self.generator_optimizer = torch.optim.Adam([
             {"params": [self.graphs.edge_logits], "lr": cfg.lr_structure},
             {"params": [self.graphs.feature_logits], "lr": cfg.lr_features}])
@@ -276,15 +276,22 @@ class ACGKDTrainer(GraphDistiller):
     def build_student(self) -> nn.Module:
         return build_student(self.config.student, self.config.projector, self.teacher)
 
+    def generation_objective(self, tau: float) -> tuple[dict, Tensor, DenseGraphs]:
+        """(loss terms, teacher logits, sampled graphs) of one draw of every pseudo-graph at temperature ``tau``."""
+        cfg = self.config
+        graphs = self.graphs.sample(tau=tau)
+        self.bn_loss.clear()
+        logits = self.teacher(graphs)
+        terms = losses.generation_loss(logits, self.graphs.labels, self.bn_loss(),
+                                       self.graphs.feature_probabilities(), graphs.mask, w_ce=cfg.w_ce,
+                                       w_bn=cfg.w_bn, w_entropy=cfg.w_entropy)
+        return terms, logits, graphs
+
     def generation_step(self) -> dict:
         """One update of every pseudo-graph: sample, teacher forward, CE + BN statistics + entropy, backprop."""
         cfg = self.config
         tau = annealed_tau(self.step, cfg.iterations, cfg.tau, cfg.tau_end)
-        graphs = self.graphs.sample(tau=tau)
-        self.bn_loss.clear()
-        logits = self.teacher(graphs)
-        terms = losses.generation_loss(logits, self.graphs.labels, self.bn_loss(), graphs, w_ce=cfg.w_ce,
-                                       w_bn=cfg.w_bn, w_entropy=cfg.w_entropy)
+        terms, logits, graphs = self.generation_objective(tau)
         self.generator_optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.generator_optimizer.step()
