@@ -62,7 +62,7 @@ def test_sampler_stream_advances_and_replays():
 
 
 def test_sample_is_differentiable_in_both_logits():
-    graphs = PseudoGraphs(5, 3, 2, seed=2)
+    graphs = PseudoGraphs(5, 3, 2, seed=2, hard_features=True)
     draw = graphs.sample(index=torch.tensor([0, 3]))
     assert draw.x.shape[0] == draw.adj.shape[0] == 2
     # hard_features: one-hot forward (what the student sees), softmax gradient backward

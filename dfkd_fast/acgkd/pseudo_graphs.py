@@ -36,9 +36,9 @@ class PseudoGraphs(nn.Module):
     """
 
     def __init__(self, num_graphs: int, num_features: int, num_classes: int, *, min_nodes: int = 10,
-                 max_nodes: int = 29, tau: float = 1.0, xi: float | None = 0.15, edge_budget: int | None = None,
-                 init_density: float = 0.15, symmetric: bool = True, straight_through: bool = True,
-                 hard_features: bool = True, seed: int = 0, backend: str | None = None) -> None:
+                 max_nodes: int = 29, tau: float = 1.0, xi: float | None = 0.1, edge_budget: int | None = None,
+                 init_density: float = 0.1, symmetric: bool = True, straight_through: bool = True,
+                 hard_features: bool = False, seed: int = 0, backend: str | None = None) -> None:
         super().__init__()
         counts, labels = draw_counts_and_labels(num_graphs, min_nodes, max_nodes, num_classes, seed)
         self.register_buffer("num_nodes", counts)
