@@ -62,5 +62,5 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     print(f"ACGKD {STUDENT} student, no training graphs: held-out accuracy {student_acc:.2%} "
           f"({student_acc / teacher_acc:.0%} of the teacher); generation {summary['generation_s']:.0f}s, "
           f"KD {summary['kd_s']:.0f}s; wall time {wall:.0f}s; outputs in {out_dir}", flush=True)
-    return {"name": f"graph: ACGKD {TEACHER} -> {STUDENT} (motifs)", "teacher_acc": teacher_acc,
+    return {"name": f"ACGKD {TEACHER}->{STUDENT} motifs", "teacher_acc": teacher_acc,
             "student_acc": student_acc, "wall_s": wall}
