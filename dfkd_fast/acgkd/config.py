@@ -62,7 +62,8 @@ class ACGKDConfig(DistillConfig):
     lr_structure: float = _f(0.1, "Adam learning rate of the edge logits")
     lr_features: float = _f(0.05, "Adam learning rate of the node-feature logits")
     w_ce: float = _f(1.0, "weight of the CE between the teacher's prediction and the sampled label")
-    w_bn: float = _f(0.05, "weight of the BN-statistics loss over the teacher's BatchNorm layers (valid nodes)")
+    w_bn: float = _f(0.5, "weight of the BN-statistics loss over the teacher's BatchNorm layers (valid nodes); "
+                     "matching the statistics is what makes the students transfer to real graphs")
     w_entropy: float = _f(0.01, "weight of the mean node-feature entropy (pushes features to one-hot)")
     # student
     projector: str = _f("gat", "projector from the student's width to the teacher's, feeding the teacher's "
