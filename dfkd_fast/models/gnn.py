@@ -53,18 +53,22 @@ class SparseStructure:
         self.batch = batch
         self.num_graphs = num_graphs
         self.num_nodes = batch.shape[0]
+        self._norm: Tensor | None = None
 
     def _weight(self, like: Tensor) -> Tensor:
         return like.new_ones(self.src.shape[0]) if self.weight is None else self.weight.to(like.dtype)
 
     def aggregate(self, h: Tensor, normalize: bool = False) -> Tensor:
         """``out_j = sum_{i -> j} w_ij h_i``; with ``normalize``, GCN's ``w_ij / sqrt(deg_i deg_j)`` (in-degrees)."""
-        w = self._weight(h)
-        if normalize:
-            deg = h.new_zeros(self.num_nodes).index_add_(0, self.dst, w).clamp(min=1)
-            inv_sqrt = deg.rsqrt()
-            w = inv_sqrt[self.src] * w * inv_sqrt[self.dst]
+        w = self._normalized(h) if normalize else self._weight(h)
         return torch.zeros_like(h).index_add_(0, self.dst, h[self.src] * w[:, None])
+
+    def _normalized(self, like: Tensor) -> Tensor:
+        if self._norm is None:  # computed once per forward, shared by every layer
+            w = self._weight(like)
+            inv_sqrt = like.new_zeros(self.num_nodes).index_add_(0, self.dst, w).clamp(min=1).rsqrt()
+            self._norm = inv_sqrt[self.src] * w * inv_sqrt[self.dst]
+        return self._norm
 
     def attend(self, h: Tensor, score_src: Tensor, score_dst: Tensor, slope: float = 0.2) -> Tensor:
         """GAT aggregation: ``softmax_i(leaky_relu(s_i + d_j) + log w_ij)`` over the in-edges of each node j."""
@@ -89,6 +93,7 @@ class DenseStructure:
         # adj_t[b, j, i] = weight of i -> j, so that aggregation is one bmm; padding pairs are zeroed.
         self.adj_t = torch.where(pairs, adj, 0).transpose(1, 2)
         self.mask = mask
+        self._norm: Tensor | None = None
 
     def pad(self, h: Tensor) -> Tensor:
         flat = h.new_zeros(self.num_graphs * self.n, h.shape[1]).index_copy(0, self.index, h)
@@ -98,11 +103,15 @@ class DenseStructure:
         return h.reshape(self.num_graphs * self.n, -1).index_select(0, self.index)
 
     def aggregate(self, h: Tensor, normalize: bool = False) -> Tensor:
-        a = self.adj_t.to(h.dtype)
-        if normalize:
-            inv_sqrt = a.sum(2).clamp(min=1).rsqrt()  # in-degree of j = row j of adj_t
-            a = inv_sqrt[:, :, None] * a * inv_sqrt[:, None, :]
+        a = self._normalized(h) if normalize else self.adj_t.to(h.dtype)
         return self.unpad(torch.bmm(a, self.pad(h)))
+
+    def _normalized(self, like: Tensor) -> Tensor:
+        if self._norm is None:  # computed once per forward, shared by every layer
+            a = self.adj_t.to(like.dtype)
+            inv_sqrt = a.sum(2).clamp(min=1).rsqrt()  # in-degree of j = row j of adj_t
+            self._norm = inv_sqrt[:, :, None] * a * inv_sqrt[:, None, :]
+        return self._norm
 
     def attend(self, h: Tensor, score_src: Tensor, score_dst: Tensor, slope: float = 0.2) -> Tensor:
         s = self.pad(score_src[:, None])[:, None, :, 0]  # [B, 1, n] source scores
