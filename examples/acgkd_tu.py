@@ -135,7 +135,9 @@ def table(results: dict, teachers: dict, timings: dict, seeds: list[int], settin
                          if runs else "n/a")
         lines.append(f"| {name} | {per_step['graphs']} | {per_step['acgkd']:.3f} | {per_step['gfkd']:.3f} "
                      f"| {acgkd:.1f}s | {gfkd:.1f}s | {gfkd / acgkd:.1f}x | {walls[0]} / {walls[1]} |")
-    lines += ["", "Settings: " + json.dumps(settings), "", f"Command: `{command}`", ""]
+    lines += ["", "Settings: " + json.dumps(settings), "",
+              "Study: `python examples/acgkd_tu.py --data-root <folder with MUTAG/ and PROTEINS/>` (results cached in "
+              "`runs/acgkd_tu/results.json`); this file was written by: " + f"`{command}`", ""]
     return "\n".join(lines)
 
 
