@@ -1,0 +1,157 @@
+"""Configurations of the graph distillation trainers: ACGKD, the GFKD baseline, and KD with real graphs.
+
+Each field's ``help`` metadata documents it and becomes the ``dfkd-fast acgkd`` option of the same name. Where the
+ACGKD paper leaves a mechanism open (``shared/notes/acgkd.md`` §3), the field says which reading the default takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from dfkd_fast.errors import DfkdError
+from dfkd_fast.models.gnn import parse_spec
+
+METHODS = ("acgkd", "gfkd", "real")
+CURRICULA = ("confidence", "size", "density", "none")
+PROJECTORS = ("gat", "linear", "none")
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DistillConfig:
+    """Fields shared by every method: the models, the pseudo-graph batch, the KD stage and the run."""
+
+    student: str = _f("gcn-3-32", "student architecture, gcn-L-H or gin-L-H")
+    teacher_arch: str | None = _f(None, "expected teacher architecture (e.g. gcn-5-64); checked against the checkpoint")
+    num_graphs: int | None = _f(None, "number of pseudo-graphs (default: the teacher's training-set size, as GFKD)")
+    min_nodes: int = _f(10, "smallest pseudo-graph (GFKD draws node counts uniformly from 10..29)")
+    max_nodes: int = _f(29, "largest pseudo-graph")
+    iterations: int = _f(200, "pseudo-graph optimisation steps")
+    epochs: int = _f(300, "KD epochs over the pseudo-graphs (GFKD's code: 300)")
+    batch_size: int = _f(32, "KD batch size (GFKD: 32)")
+    lr: float = _f(0.01, "student learning rate (Adam, linear decay to 0 as in GFKD)")
+    kd_temperature: float = _f(2.0, "KD temperature when it is not learnt (GFKD: T = 2)")
+    seed: int = _f(0, "seed of the pseudo-graphs, the sampler stream and the student")
+    fused: bool = _f(True, "fused ops (the C++ Binary Concrete sampler, fused BN statistics on CUDA) or the reference")
+    eval_every: int = _f(10, "evaluate the student on the real test split every this many KD epochs")
+    checkpoint_every: int = _f(50, "write the checkpoint every this many generation steps (and every eval)")
+    pictures: int = _f(16, "pseudo-graphs drawn in pictures.png (0: none)")
+
+
+@dataclass
+class ACGKDConfig(DistillConfig):
+    """ACGKD: Binary Concrete pseudo-graphs, a widened student on the teacher's classifier, curriculum, adversarial
+    temperature (Jia et al., arXiv 2504.00540; mechanisms as reconstructed in shared/notes/acgkd.md §3)."""
+
+    method: str = _f("acgkd", "distillation method", choices=METHODS)
+    # pseudo-graphs
+    tau: float = _f(1.0, "Binary Concrete temperature at the first generation step")
+    tau_end: float | None = _f(0.3, "temperature at the last step (geometric annealing); None keeps tau")
+    xi: float | None = _f(0.1, "spatial complexity xi: at most floor(xi * pairs) edges per graph (notes §3.2 (b); "
+                          "real MUTAG: 0.13)")
+    edge_budget: int | None = _f(None, "spatial complexity as an absolute edge budget per graph (instead of xi)")
+    init_density: float = _f(0.1, "initial mean edge probability (GFKD starts at 0.5)")
+    symmetric: bool = _f(True, "undirected pseudo-graphs (mirrored upper triangle), like the real TU graphs")
+    straight_through: bool = _f(True, "hard 0/1 edges forward, relaxed gradient backward (Binary Concrete ST)")
+    hard_features: bool = _f(False, "one-hot argmax node features forward, softmax gradient backward (off: on "
+                             "MUTAG the students then collapsed to one class)")
+    lr_structure: float = _f(0.1, "Adam learning rate of the edge logits")
+    lr_features: float = _f(0.05, "Adam learning rate of the node-feature logits")
+    w_ce: float = _f(1.0, "weight of the CE between the teacher's prediction and the sampled label")
+    w_bn: float = _f(0.5, "weight of the BN-statistics loss over the teacher's BatchNorm layers (valid nodes); "
+                     "matching the statistics is what makes the students transfer to real graphs")
+    w_entropy: float = _f(0.01, "weight of the mean node-feature entropy (pushes features to one-hot)")
+    # student
+    projector: str = _f("gat", "projector from the student's width to the teacher's, feeding the teacher's "
+                        "frozen classifier (none: the student keeps its own classifier)", choices=PROJECTORS)
+    w_feat: float = _f(0.1, "weight of the MSE between projected student and teacher pooled features (sum "
+                       "pooling makes them large: 0.1 keeps the KD term in play)")
+    w_kd: float = _f(1.0, "weight of the logit KD term")
+    # curriculum over pseudo-graphs
+    curriculum: str = _f("confidence", "difficulty order of the pseudo-graphs, easy first", choices=CURRICULA)
+    curriculum_start: float = _f(0.4, "fraction of the pseudo-graphs (the easiest) used in the first KD epoch")
+    curriculum_ramp: float = _f(0.5, "fraction of the KD epochs after which every pseudo-graph is used")
+    resample: bool = _f(True, "draw fresh edges from the learnt distribution every KD epoch")
+    # adversarial temperature (CTKD)
+    adversarial: bool = _f(True, "learn the KD temperature adversarially (gradient reversal, CTKD)")
+    t_min: float = _f(1.0, "smallest adversarial temperature (CTKD t_start)")
+    t_range: float = _f(10.0, "temperature range: tau = t_min + t_range * sigmoid(theta)")
+    reversal_max: float = _f(1.0, "final gradient-reversal strength")
+    reversal_ramp: int = _f(10, "KD epochs of the cosine ramp of the reversal strength from 0")
+
+
+@dataclass
+class GFKDConfig(DistillConfig):
+    """GFKD (Deng & Zhang, IJCAI 2021): dense asymmetric Bernoulli structure, ARM gradients, then plain KD."""
+
+    method: str = _f("gfkd", "distillation method", choices=METHODS)
+    iterations: int = _f(1500, "pseudo-graph optimisation steps (GFKD's script: 1500; paper: 2500)")
+    lr_structure: float = _f(1.0, "Adam learning rate of the structure logits (GFKD: 1.0; 5.0 on PROTEINS)")
+    lr_features: float = _f(0.01, "Adam learning rate of the feature logits")
+    lr_decay_every: int = _f(700, "multiply both learning rates by 0.1 every this many steps (GFKD's code)")
+    w_bn: float = _f(0.01, "weight of the BN-statistics loss (GFKD: 0.01)")
+    w_entropy: float = _f(1e-6, "weight of the node-feature entropy (GFKD's script: 1e-6)")
+
+
+@dataclass
+class RealKDConfig(DistillConfig):
+    """KD on the teacher's real training graphs (the upper bound GFKD compares against); no generation."""
+
+    method: str = _f("real", "distillation method", choices=METHODS)
+    iterations: int = _f(0, "unused: no pseudo-graphs")
+
+
+CONFIGS = {"acgkd": ACGKDConfig, "gfkd": GFKDConfig, "real": RealKDConfig}
+
+
+def make_config(method: str = "acgkd", **overrides) -> DistillConfig:
+    """The config of ``method`` with ``overrides`` (unknown names and impossible values are DfkdErrors)."""
+    if method not in CONFIGS:
+        raise DfkdError(f"--method must be one of {METHODS}, got {method!r}")
+    cls = CONFIGS[method]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise DfkdError(f"--method {method} has no option {', '.join('--' + u.replace('_', '-') for u in unknown)}")
+    config = cls(**{k: v for k, v in overrides.items() if v is not None})
+    validate(config)
+    return config
+
+
+def validate(c: DistillConfig) -> None:
+    """One-line DfkdErrors for values no run can use (the edge budget against the node pairs included)."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise DfkdError(message)
+
+    parse_spec(c.student)
+    if c.teacher_arch is not None:
+        parse_spec(c.teacher_arch)
+    need(2 <= c.min_nodes <= c.max_nodes, f"--min-nodes {c.min_nodes} / --max-nodes {c.max_nodes}: need "
+         "2 <= min-nodes <= max-nodes")
+    need(c.num_graphs is None or c.num_graphs >= 1, f"--num-graphs must be >= 1, got {c.num_graphs}")
+    for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
+        need(getattr(c, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+    need(c.iterations >= 0, f"--iterations must be >= 0, got {c.iterations}")
+    need(c.lr > 0 and c.kd_temperature > 0, "--lr and --kd-temperature must be > 0")
+    if isinstance(c, ACGKDConfig):
+        need(c.tau > 0 and (c.tau_end is None or c.tau_end > 0), "--tau and --tau-end must be > 0")
+        need(c.curriculum in CURRICULA, f"--curriculum must be one of {CURRICULA}, got {c.curriculum!r}")
+        need(c.projector in PROJECTORS, f"--projector must be one of {PROJECTORS}, got {c.projector!r}")
+        need(0 < c.init_density < 1, f"--init-density must be in (0, 1), got {c.init_density}")
+        need(0 < c.curriculum_start <= 1 and 0 <= c.curriculum_ramp <= 1,
+             "--curriculum-start must be in (0, 1] and --curriculum-ramp in [0, 1]")
+        if c.edge_budget is not None:
+            pairs = c.min_nodes * (c.min_nodes - 1) // (2 if c.symmetric else 1)
+            need(c.edge_budget >= 1, f"--edge-budget must be >= 1, got {c.edge_budget}")
+            need(c.edge_budget <= pairs,
+                 f"--edge-budget {c.edge_budget} is larger than the {pairs} node pairs of a {c.min_nodes}-node "
+                 f"pseudo-graph (--min-nodes {c.min_nodes}): it would not bound the edges")
+        elif c.xi is not None:
+            need(0 < c.xi <= 1, f"--xi must be in (0, 1] (a fraction of the node pairs), got {c.xi}")
+    if isinstance(c, GFKDConfig):
+        need(c.lr_decay_every >= 1, f"--lr-decay-every must be >= 1, got {c.lr_decay_every}")

@@ -1,0 +1,145 @@
+"""ACGKD's parts: pseudo-graphs under the budget, curriculum, losses, adversarial temperature, GFKD's ARM."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfkd_fast.acgkd import losses
+from dfkd_fast.acgkd.curriculum import Curriculum, difficulty
+from dfkd_fast.acgkd.gfkd import BernoulliGraphs, arm_gradient
+from dfkd_fast.acgkd.pseudo_graphs import PseudoGraphs, annealed_tau, feature_entropy
+from dfkd_fast.models.gnn import build_gnn
+
+
+def off_diagonal_edges(adj, mask):
+    eye = torch.eye(adj.shape[1], dtype=torch.bool)
+    pairs = mask[:, :, None] & mask[:, None, :] & ~eye
+    return ((adj != 0) & pairs).sum((1, 2)), ((adj != 0) & ~pairs & ~eye).sum()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("budget", [{"xi": 0.1}, {"xi": 0.5}, {"edge_budget": 7}])
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_budget_bounds_the_edges_of_every_pseudo_graph(symmetric, budget, straight_through):
+    graphs = PseudoGraphs(40, 4, 3, min_nodes=5, max_nodes=23, init_density=0.9, symmetric=symmetric,
+                          straight_through=straight_through, seed=3, **{"xi": None, **budget})
+    n = graphs.num_nodes
+    pairs = n * (n - 1) // (2 if symmetric else 1)
+    limit = torch.full_like(n, budget["edge_budget"]) if "edge_budget" in budget else (
+        torch.floor(budget["xi"] * pairs.double()).long())
+    for draw in (graphs.sample(tau=0.5), graphs.hard_sample()):
+        per_graph, outside = off_diagonal_edges(draw.adj.detach(), draw.mask)
+        entries = per_graph // 2 if symmetric else per_graph
+        assert outside == 0  # nothing between padding slots
+        assert (entries <= limit).all()
+        assert (entries == torch.minimum(limit, pairs)).any()  # dense init: the budget binds
+        if symmetric:
+            torch.testing.assert_close(draw.adj, draw.adj.transpose(1, 2))
+        # one self-loop per valid node, none on padding
+        diag = draw.adj.diagonal(dim1=1, dim2=2)
+        torch.testing.assert_close(diag, draw.mask.to(diag.dtype))
+
+
+def test_without_budget_density_follows_the_logits():
+    graphs = PseudoGraphs(30, 4, 2, xi=None, init_density=0.2, seed=0)
+    draw = graphs.hard_sample()
+    per_graph, _ = off_diagonal_edges(draw.adj, draw.mask)
+    n = graphs.num_nodes
+    density = per_graph.sum() / (n * (n - 1)).sum()
+    assert 0.15 < float(density) < 0.35
+
+
+def test_sampler_stream_advances_and_replays():
+    a = PseudoGraphs(6, 3, 2, seed=1)
+    b = PseudoGraphs(6, 3, 2, seed=1)
+    first, second = a.sample(), a.sample()
+    assert not torch.equal(first.adj, second.adj)
+    torch.testing.assert_close(b.sample().adj, first.adj)
+    b.load_state_dict(a.state_dict())  # the offset is saved: b now continues a's stream
+    torch.testing.assert_close(b.sample().adj, a.sample().adj)
+
+
+def test_sample_is_differentiable_in_both_logits():
+    graphs = PseudoGraphs(5, 3, 2, seed=2, hard_features=True)
+    draw = graphs.sample(index=torch.tensor([0, 3]))
+    assert draw.x.shape[0] == draw.adj.shape[0] == 2
+    # hard_features: one-hot forward (what the student sees), softmax gradient backward
+    assert set(draw.x.detach().unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(draw.x.detach().sum(-1), torch.ones(draw.x.shape[:2]))
+    (draw.adj.sum() + (draw.x * torch.arange(3.0)).sum()).backward()
+    assert graphs.edge_logits.grad[[0, 3]].abs().sum() > 0
+    assert graphs.edge_logits.grad[[1, 2, 4]].abs().sum() == 0
+    assert graphs.feature_logits.grad[0].abs().sum() > 0
+
+
+def test_annealing_and_entropy():
+    assert annealed_tau(0, 100, 1.0, 0.25) == 1.0
+    assert math.isclose(annealed_tau(99, 100, 1.0, 0.25), 0.25)
+    assert math.isclose(annealed_tau(49.5, 100, 1.0, 0.25), 0.5)
+    assert annealed_tau(10, 100, 0.7, None) == 0.7
+    x = torch.tensor([[[0.5, 0.5], [1.0, 0.0], [0.3, 0.7]]])
+    mask = torch.tensor([[True, True, False]])
+    assert math.isclose(float(feature_entropy(x, mask)), math.log(2) / 2, rel_tol=1e-6)
+
+
+def test_curriculum_orders_and_paces():
+    graphs = PseudoGraphs(10, 3, 2, seed=4)
+    teacher = build_gnn("gcn-3-8", 3, 2).eval()
+    size = Curriculum.build("size", graphs, teacher, epochs=10, start=0.3, ramp=0.5)
+    assert (graphs.num_nodes[size.order].diff() >= 0).all()
+    assert size.pool(0).numel() == 3 and size.pool(5).numel() == 10 and size.pool(9).numel() == 10
+    assert size.pool(2).numel() == math.ceil((0.3 + 0.7 * 2 / 5) * 10)
+    dens = difficulty("density", graphs, teacher)
+    assert dens.shape == (10,) and ((dens > 0) & (dens < 1)).all()
+    conf = Curriculum.build("confidence", graphs, teacher, 10, 0.3, 0.5)
+    assert sorted(conf.order.tolist()) == list(range(10))
+    none = Curriculum.build("none", graphs, teacher, 10, 0.3, 0.5)
+    assert none.pool(0).numel() == 10
+    assert torch.equal(Curriculum.from_state(size.state_dict()).order, size.order)
+
+
+def test_kd_loss_matches_the_formula():
+    s, t = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    for temp in (1.0, 2.0, torch.tensor(3.5, dtype=torch.float64)):
+        expected = F.kl_div(F.log_softmax(s / temp, 1), F.softmax(t / temp, 1), reduction="batchmean") * temp**2
+        torch.testing.assert_close(losses.kd_loss(s, t, temp), expected)
+
+
+def test_adversarial_temperature_ascends_the_kd_loss():
+    temp = losses.AdversarialTemperature(1.0, 10.0, init=2.0).double()
+    assert math.isclose(float(temp(1.0).detach()), 2.0, rel_tol=1e-6)
+    s = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    tau = temp(0.5)
+    losses.kd_loss(s, t, tau).backward()
+    # the plain derivative, for comparison
+    theta = temp.theta.detach().clone().requires_grad_()
+    losses.kd_loss(s, t, 1.0 + 10.0 * torch.sigmoid(theta)).backward()
+    torch.testing.assert_close(temp.theta.grad, -0.5 * theta.grad)
+    assert losses.cosine_ramp(0, 10, 1.0) == 0.0
+    assert math.isclose(losses.cosine_ramp(5, 10, 1.0), 0.5)
+    assert losses.cosine_ramp(30, 10, 0.8) == 0.8
+
+
+def test_arm_gradient_is_unbiased():
+    """Average ARM estimates of d/dphi E[f(A)] for a linear f against the exact sigma'(phi) * c."""
+    phi = torch.randn(3, 4, 4, dtype=torch.float64)
+    c = torch.randn(3, 4, 4, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    estimate = sum(arm_gradient(phi, lambda a: (a * c).sum((1, 2)), gen) for _ in range(4000)) / 4000
+    exact = c * torch.sigmoid(phi) * (1 - torch.sigmoid(phi))
+    assert (estimate - exact).abs().max() < 0.1
+    assert torch.corrcoef(torch.stack([estimate.flatten(), exact.flatten()]))[0, 1] > 0.95
+
+
+def test_bernoulli_graphs_start_half_dense_and_asymmetric():
+    graphs = BernoulliGraphs(20, 7, 2, seed=0)
+    mask, pairs = graphs.pairs()
+    edges = torch.sigmoid(graphs.structure) >= 0.5
+    g = graphs.graphs(edges, torch.softmax(graphs.features, -1))
+    density = ((g.adj > 0) & pairs).sum() / pairs.sum()
+    assert 0.45 < float(density) < 0.55
+    assert not torch.equal(g.adj, g.adj.transpose(1, 2))
+    torch.testing.assert_close(g.adj.diagonal(dim1=1, dim2=2), mask.double().to(g.adj.dtype))
