@@ -27,7 +27,7 @@ $(EXT_STAMP): $(STAMP) setup.py $(shell find csrc -type f 2>/dev/null)
 build: $(EXT_STAMP)
 
 demo: build
-	OPENBLAS_NUM_THREADS=1 $(BIN)/dfkd-fast demo
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/dfkd-fast demo
 
 # Two workers on the two cores of the CI machine; every test and every benchmark case runs once.
 test: build
