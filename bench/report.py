@@ -38,7 +38,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 def table(rows: list[dict]) -> str:
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
-        key = (r["op"], r["device"], tuple(r["shape"]), r["dtype"], r["mode"])
+        key = (r["op"], r["device"], tuple(r.get("shape", ())), r.get("dtype", "-"), r.get("mode", "-"))
         groups[key][r["provider"]] = r
     lines = [
         "| op | device | shape | dtype | mode | fused ms | eager ms | compile ms | vs eager | vs compile | fused "

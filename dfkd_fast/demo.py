@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n== {name} demo ==", flush=True)
         results.append(importlib.import_module(module).run_demo(Path(args.out) / name, quick=args.quick))
     if results:
-        print("\n" + f"{'demo':32s} {'teacher':>8s} {'student':>8s} {'ratio':>6s} {'wall':>8s}")
+        width = max(len(r["name"]) for r in results)
+        print("\n" + f"{'demo':{width}s} {'teacher':>8s} {'student':>8s} {'ratio':>6s} {'wall':>8s}")
         for r in results:
             ratio = r["student_acc"] / r["teacher_acc"] if r["teacher_acc"] else float("nan")
-            print(f"{r['name']:32s} {r['teacher_acc']:8.2%} {r['student_acc']:8.2%} {ratio:6.1%} {r['wall_s']:7.1f}s")
+            print(f"{r['name']:{width}s} {r['teacher_acc']:8.2%} {r['student_acc']:8.2%} {ratio:6.1%} "
+                  f"{r['wall_s']:7.1f}s")
     return rc
