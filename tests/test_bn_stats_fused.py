@@ -18,6 +18,7 @@ from dfkd_fast import bn_stats_loss
 from dfkd_fast.nn import BNStatsLoss
 from dfkd_fast.ops import bn_stats as bn_stats_ops
 from dfkd_fast.reference.bn_stats import bn_stats_loss_reference
+from helpers import layout, rel_err
 
 try:
     from hypothesis import given
@@ -28,25 +29,6 @@ except ImportError:  # hypothesis is a dev extra
 kernels = pytest.importorskip("dfkd_fast.kernels.cond_norm", reason="triton is not importable")
 
 DX_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    expected = expected.double()
-    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
-
-
-def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values as x in another memory layout."""
-    if kind == "channels_last":
-        return x.to(memory_format=torch.channels_last) if x.dim() == 4 else x
-    if kind == "sliced":  # strided view: every other channel of a wider tensor, spatial dims offset by one
-        wide = torch.zeros((x.shape[0], 2 * x.shape[1]) + tuple(s + 1 for s in x.shape[2:]), dtype=x.dtype)
-        view = wide[:, ::2][(slice(None), slice(None)) + tuple(slice(1, None) for _ in x.shape[2:])]
-        view.copy_(x)
-        return view
-    if kind == "transposed":  # spatial dims that do not flatten to one stride
-        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return x
 
 
 def make_case(shape, dtype=torch.float32, offset=1.0, seed=0):

@@ -23,6 +23,7 @@ from dfkd_fast import class_conditional_batch_norm
 from dfkd_fast.nn import ClassConditionalBatchNorm2d
 from dfkd_fast.ops import cond_norm as cond_norm_ops
 from dfkd_fast.reference.cond_norm import class_conditional_batch_norm_reference
+from helpers import layout, rel_err
 
 try:
     from hypothesis import given
@@ -35,29 +36,10 @@ kernels = pytest.importorskip("dfkd_fast.kernels.cond_norm", reason="triton is n
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    expected = expected.double()
-    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
-
-
 def assert_rel(actual, expected, tol, what):
     assert actual.shape == expected.shape, what
     err = rel_err(actual, expected)
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
-
-
-def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values as x in another memory layout."""
-    if kind == "channels_last":
-        return x.to(memory_format=torch.channels_last) if x.dim() == 4 else x
-    if kind == "sliced":  # strided view: every other channel of a wider tensor, spatial dims offset by one
-        wide = torch.zeros((x.shape[0], 2 * x.shape[1]) + tuple(s + 1 for s in x.shape[2:]), dtype=x.dtype)
-        view = wide[:, ::2][(slice(None), slice(None)) + tuple(slice(1, None) for _ in x.shape[2:])]
-        view.copy_(x)
-        return view
-    if kind == "transposed":  # spatial dims that do not flatten to one stride
-        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return x
 
 
 def make_case(shape, num_classes=4, labels=None, dtype=torch.float32, offset=2.0, seed=0):
@@ -408,6 +390,7 @@ def test_kernels_compile_for_hopper():
     interpreter mode)."""
     pytest.importorskip("triton.backends.nvidia", reason="triton without its CUDA backend")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(__file__), env.get("PYTHONPATH")]))
     code = f"import runpy; runpy.run_path({__file__!r})['compile_all_for_hopper']()"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

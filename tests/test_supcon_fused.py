@@ -23,23 +23,13 @@ import torch
 
 from dfkd_fast.ops.supcon import NO_SELF, supcon_bwd, supcon_fwd, supcon_loss, supcon_loss_pairs
 from dfkd_fast.reference.supcon import supcon_loss_pairs_reference, supcon_loss_reference
+from helpers import rel_err
 
 FP32_TOL = 1e-5  # the issue's bar for float32 inputs against the float64 reference
 # 2-byte inputs against the float32 reference on the same (rounded) inputs. The loss is accumulated in fp32 and
 # barely moves; the gradients are stored in the input dtype (the interpreter rounds that store toward zero, and on
 # a GPU dL/dz is also rounded to the input dtype to feed the tensor cores): 2 ulps of relative error.
 LOW_PRECISION_TOL = {torch.float16: (1e-5, 2 * 2.0**-10), torch.bfloat16: (1e-5, 2 * 2.0**-7)}
-
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
-    """max|x - ref| / max(max|ref|, floor); 0 only for an exact match when the denominator is 0."""
-    x, ref = x.detach().double(), ref.detach().double()
-    assert x.shape == ref.shape and x.numel()
-    scale = max(ref.abs().max().item(), floor)
-    diff = (x - ref).abs().max().item()
-    if scale == 0.0:
-        return math.inf if diff else 0.0
-    return diff / scale
 
 
 def term_size(x: torch.Tensor, n_anchors: int, base_temperature: float) -> float:

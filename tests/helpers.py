@@ -1,0 +1,32 @@
+"""Helpers shared by the test suites (importable as ``helpers``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
+    """max|x - ref| / max(max|ref|, floor); 0 only for an exact match when the denominator is 0."""
+    x, ref = x.detach().double(), ref.detach().double()
+    assert x.shape == ref.shape and x.numel(), (tuple(x.shape), tuple(ref.shape))
+    scale = max(ref.abs().max().item(), floor)
+    diff = (x - ref).abs().max().item()
+    if scale == 0.0:
+        return math.inf if diff else 0.0
+    return diff / scale
+
+
+def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The same values as x in another memory layout."""
+    if kind == "channels_last":
+        return x.to(memory_format=torch.channels_last) if x.dim() == 4 else x
+    if kind == "sliced":  # strided view: every other channel of a wider tensor, spatial dims offset by one
+        wide = torch.zeros((x.shape[0], 2 * x.shape[1]) + tuple(s + 1 for s in x.shape[2:]), dtype=x.dtype)
+        view = wide[:, ::2][(slice(None), slice(None)) + tuple(slice(1, None) for _ in x.shape[2:])]
+        view.copy_(x)
+        return view
+    if kind == "transposed":  # spatial dims that do not flatten to one stride
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x
