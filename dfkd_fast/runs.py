@@ -7,6 +7,7 @@ checkpoint and then continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -35,20 +36,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with_suppressed_unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def with_suppressed_unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -59,7 +54,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
-        raise DfkdError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise DfkdError(f"checkpoint {path} is corrupt or not a torch checkpoint ({reason})") from None
     if not isinstance(state, dict):
         raise DfkdError(f"checkpoint {path} does not hold a dict (got {type(state).__name__})")
     return state

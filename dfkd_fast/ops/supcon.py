@@ -186,7 +186,8 @@ def supcon_loss_pairs(
             f"got shape {tuple(contrast.shape)}"
         )
     if contrast.dtype != anchors.dtype:
-        raise TypeError(f"{fn}: argument 'contrast' must have the dtype of 'anchors' ({anchors.dtype}), got {contrast.dtype}")
+        raise TypeError(f"{fn}: argument 'contrast' must have the dtype of 'anchors' ({anchors.dtype}), "
+                        f"got {contrast.dtype}")
     _checks.labels(fn, "anchor_labels", anchor_labels, anchors.shape[0])
     _checks.labels(fn, "contrast_labels", contrast_labels, contrast.shape[0])
     _checks.same_device(

@@ -48,7 +48,8 @@ def class_conditional_batch_norm_reference(
     if training or running_mean is None or running_var is None:
         var, mean = torch.var_mean(xa, dim=dims, correction=0)
         if training:
-            update_running_stats(running_mean, running_var, mean.detach(), var.detach(), x.numel() // x.shape[1], momentum)
+            count = x.numel() // x.shape[1]
+            update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
     else:
         mean, var = running_mean.to(acc), running_var.to(acc)
     shape = (1, -1) + (1,) * (x.dim() - 2)
