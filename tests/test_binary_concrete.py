@@ -40,6 +40,13 @@ def test_philox_uniform_layout_and_range():
     assert u[5].item() == ((int(block[1]) >> 9) + 0.5) * 2.0**-23
 
 
+def test_philox_op_opcheck_and_compile():
+    """The reference generator is an opaque custom op, so that torch.compile of a reference stays fast."""
+    torch.library.opcheck(torch.ops.dfkd_fast.philox_uniform.default, (10, 3, 4, torch.device("cpu")))
+    compiled = torch.compile(lambda: philox_uniform(9, 3, 4) * 2, fullgraph=True)
+    torch.testing.assert_close(compiled(), philox_uniform(9, 3, 4) * 2, rtol=0, atol=0)
+
+
 def test_relaxed_values_follow_the_formula():
     logits, tau = torch.randn(2, 5, 5, dtype=torch.float64), 0.7
     y = binary_concrete_adjacency_reference(logits, torch.tensor([5, 5]), tau, seed=11, offset=2, symmetric=False)
