@@ -56,6 +56,27 @@ MAX_PARTIALS = 128
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# tile helpers shared by the kernels
+
+
+@triton.jit
+def _offsets(n, s, cols, stride_n, stride_c, stride_s):
+    """Element offsets of the [BLOCK_S, BLOCK_C] tile (sample n, spatial positions s, channels cols)."""
+    return n * stride_n + (s * stride_s)[:, None] + (cols * stride_c)[None, :]
+
+
+@triton.jit
+def _elementwise_tile(s_blocks, C, S, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(n, s, cols, cmask, mask) of this program's tile: axis 0 = (sample, spatial block), axis 1 = channel block."""
+    u = tl.program_id(0).to(tl.int64)  # int64 before any stride product: N·C·S may pass 2**31
+    n = u // s_blocks
+    s = (u % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    return n, s, cols, cmask, (s < S)[:, None] & cmask[None, :]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # batch statistics
 
 
@@ -82,7 +103,7 @@ def _stats_partial_kernel(
         n = u // s_blocks
         s = (u % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
         mask = (s < S)[:, None] & cmask[None, :]
-        offs = n * stride_xn + (s * stride_xs)[:, None] + (cols * stride_xc)[None, :]
+        offs = _offsets(n, s, cols, stride_xn, stride_xc, stride_xs)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
         if u == first:
             shift = tl.sum(x, axis=0) / tl.sum((s < S).to(ACC), axis=0)
@@ -192,13 +213,8 @@ def _cbn_fwd_kernel(
     eps, C, S, s_blocks,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    u = tl.program_id(0).to(tl.int64)  # int64 before any stride product: N·C·S may pass 2**31
-    n = u // s_blocks
-    s = (u % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mask = (s < S)[:, None] & cmask[None, :]
-    x_offs = n * stride_xn + (s * stride_xs)[:, None] + (cols * stride_xc)[None, :]
+    n, s, cols, cmask, mask = _elementwise_tile(s_blocks, C, S, BLOCK_S, BLOCK_C)
+    x_offs = _offsets(n, s, cols, stride_xn, stride_xc, stride_xs)
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(ACC)
     row = tl.load(labels_ptr + n) * C
     gamma = tl.load(weight_ptr + row + cols, mask=cmask, other=0.0).to(ACC)
@@ -206,7 +222,7 @@ def _cbn_fwd_kernel(
     mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
     scale = gamma / tl.sqrt(tl.load(var_ptr + cols, mask=cmask, other=1.0) + eps)
     y = (x - mean[None, :]) * scale[None, :] + beta[None, :]
-    y_offs = n * stride_yn + (s * stride_ys)[:, None] + (cols * stride_yc)[None, :]
+    y_offs = _offsets(n, s, cols, stride_yn, stride_yc, stride_ys)
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -232,8 +248,8 @@ def _cbn_bwd_partial_kernel(
     for s0 in range(0, S, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         mask = (s < S)[:, None] & cmask[None, :]
-        x_offs = n * stride_xn + (s * stride_xs)[:, None] + (cols * stride_xc)[None, :]
-        dy_offs = n * stride_dyn + (s * stride_dys)[:, None] + (cols * stride_dyc)[None, :]
+        x_offs = _offsets(n, s, cols, stride_xn, stride_xc, stride_xs)
+        dy_offs = _offsets(n, s, cols, stride_dyn, stride_dyc, stride_dys)
         x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(ACC)
         dy = tl.load(dy_ptr + dy_offs, mask=mask, other=0.0).to(ACC)
         acc1 += dy
@@ -302,18 +318,13 @@ def _cbn_bwd_dx_kernel(
     eps, C, S, s_blocks,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BATCH_STATS: tl.constexpr, ACC: tl.constexpr,
 ):
-    u = tl.program_id(0).to(tl.int64)
-    n = u // s_blocks
-    s = (u % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mask = (s < S)[:, None] & cmask[None, :]
-    dy_offs = n * stride_dyn + (s * stride_dys)[:, None] + (cols * stride_dyc)[None, :]
+    n, s, cols, cmask, mask = _elementwise_tile(s_blocks, C, S, BLOCK_S, BLOCK_C)
+    dy_offs = _offsets(n, s, cols, stride_dyn, stride_dyc, stride_dys)
     dy = tl.load(dy_ptr + dy_offs, mask=mask, other=0.0).to(ACC)
     rstd = 1.0 / tl.sqrt(tl.load(var_ptr + cols, mask=cmask, other=1.0) + eps)
     gamma = tl.load(weight_ptr + tl.load(labels_ptr + n) * C + cols, mask=cmask, other=0.0).to(ACC)
     if BATCH_STATS:
-        x_offs = n * stride_xn + (s * stride_xs)[:, None] + (cols * stride_xc)[None, :]
+        x_offs = _offsets(n, s, cols, stride_xn, stride_xc, stride_xs)
         x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(ACC)
         mean = tl.load(mean_ptr + cols, mask=cmask, other=0.0)
         a = tl.load(a_ptr + cols, mask=cmask, other=0.0)
@@ -322,7 +333,7 @@ def _cbn_bwd_dx_kernel(
         dx = (gamma[None, :] * dy - a[None, :] - x_hat * b[None, :]) * rstd[None, :]
     else:  # running statistics are constants: dx = γ r dy, x is not read
         dx = dy * (gamma * rstd)[None, :]
-    dx_offs = n * stride_dxn + (s * stride_dxs)[:, None] + (cols * stride_dxc)[None, :]
+    dx_offs = _offsets(n, s, cols, stride_dxn, stride_dxc, stride_dxs)
     tl.store(dx_ptr + dx_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -343,13 +354,8 @@ def _bn_stats_bwd_kernel(
     C, S, s_blocks, count,
     BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    u = tl.program_id(0).to(tl.int64)
-    n = u // s_blocks
-    s = (u % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mask = (s < S)[:, None] & cmask[None, :]
-    x_offs = n * stride_xn + (s * stride_xs)[:, None] + (cols * stride_xc)[None, :]
+    n, s, cols, cmask, mask = _elementwise_tile(s_blocks, C, S, BLOCK_S, BLOCK_C)
+    x_offs = _offsets(n, s, cols, stride_xn, stride_xc, stride_xs)
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(ACC)
     grad = tl.load(grad_ptr).to(ACC)
     norm_mean = tl.load(norms_ptr)
@@ -364,7 +370,7 @@ def _bn_stats_bwd_kernel(
     a = coef_mean * (mean - rm)
     b = coef_var * (var - rv)
     dx = a[None, :] + b[None, :] * (x - mean[None, :])
-    dx_offs = n * stride_dxn + (s * stride_dxs)[:, None] + (cols * stride_dxc)[None, :]
+    dx_offs = _offsets(n, s, cols, stride_dxn, stride_dxc, stride_dxs)
     tl.store(dx_ptr + dx_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
