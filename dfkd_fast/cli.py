@@ -2,7 +2,10 @@
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
 ``teacher`` and ``eval`` pick the image or graph module with ``--task``. Problems with the user's input
-(:class:`dfkd_fast.errors.DfkdError`) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback.
+(:class:`dfkd_fast.errors.DfkdError`, and the ValueError of an op's input validation, e.g. a NaN of a diverged run
+reaching an op) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback. When a command ends, the run
+directories it opened are closed (their locks released; a directory that a failed command created and that holds no
+checkpoint is removed).
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 
+from dfkd_fast import runs
 from dfkd_fast.errors import DfkdError
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # name -> (module, or {task: module}, one-line help)
 COMMANDS: dict[str, tuple[str | dict[str, str], str]] = {
@@ -55,21 +62,55 @@ def build_parser(name: str | None = None, argv: list[str] | None = None):
     return parser, module
 
 
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations the user set on the command line (argv parsed again with every default suppressed), so
+    that ``--resume`` can tell a flag the user passed from a default."""
+    saved = []
+
+    def suppress(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    suppress(sub)
+            elif action.dest != "help":
+                saved.append((action, action.default))
+                action.default = argparse.SUPPRESS
+
+    suppress(parser)
+    try:
+        return set(vars(parser.parse_args(argv))) - {"command"}
+    finally:
+        for action, default in saved:
+            action.default = default
+
+
+def _raised_by_dfkd_fast(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc`` is dfkd_fast code (an op's input check), not torch or a bug's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(PACKAGE_DIR + os.sep)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     name = argv[0] if argv and argv[0] in COMMANDS else None
+    failed = True
     try:
         parser, module = build_parser(name, argv[1:])
         args = parser.parse_args(argv)
-        return int(module.run(args) or 0)
-    except DfkdError as exc:
-        if os.environ.get("DFKD_FAST_DEBUG") == "1":
+        args.given = given_options(parser, argv)
+        code = int(module.run(args) or 0)
+        failed = code != 0
+        return code
+    except (DfkdError, ValueError) as exc:
+        if os.environ.get("DFKD_FAST_DEBUG") == "1" or not (isinstance(exc, DfkdError) or _raised_by_dfkd_fast(exc)):
             raise
-        print(f"dfkd-fast: error: {exc}", file=sys.stderr)
+        runs.say("dfkd-fast: error: " + " ".join(str(exc).split()), err=True)
         return 2
     except KeyboardInterrupt:
-        print("dfkd-fast: interrupted", file=sys.stderr)
+        runs.say("dfkd-fast: interrupted", err=True)
         return 130
+    finally:
+        runs.close_all(failed=failed)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dfkd_fast.acgkd.teacher import dataset_and_split, load_teacher, save_model
 from dfkd_fast.acgkd.trainer import make_trainer
 from dfkd_fast.data.graphs import MOTIFS
 from dfkd_fast.errors import DfkdError
-from dfkd_fast.runs import RunDir
+from dfkd_fast.runs import RunDir, resume_options, say
 
 STUDENT_FILE = "student.pt"
 _TYPES = {"int": int, "float": float, "str": str}
@@ -79,10 +79,12 @@ def _device(name: str) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resume:  # the saved config wins: a resumed run must be the run that was started
-        run_dir = RunDir(args.out, resume=True)
-        saved = run_dir.read_config()
-        options = {k: v for k, v in saved["config"].items() if k != "method"}
+    changes = {}
+    if args.resume:  # the saved config wins: a resumed run must be the run that was started (--epochs may extend it)
+        run_dir = RunDir(args.out, resume=True, command="acgkd")
+        saved = run_dir.read_config(required=("config", "cli"))
+        changes = resume_options(args, {**saved["config"], **saved["cli"]}, "acgkd", spell="-")
+        options = {k: v for k, v in {**saved["config"], **changes}.items() if k != "method"}
         cli = saved["cli"]
     else:
         names = _config_fields()
@@ -98,18 +100,21 @@ def run(args: argparse.Namespace) -> int:
         if config.num_graphs is None:
             raise DfkdError(f"{cli['teacher']} records no training-set size: pass --num-graphs")
     if not args.resume:  # created only now: a rejected configuration leaves no directory behind
-        run_dir = RunDir(args.out)
-        run_dir.write_config({"config": dataclasses.asdict(config), "cli": cli})
+        run_dir = RunDir(args.out, command="acgkd")
+    if not run_dir.resume or changes:  # (a run stopped before its first checkpoint restarts from the start)
+        run_dir.write_config({"config": dataclasses.asdict(config), "cli": cli, "world_size": 1,
+                              "global_batch": config.batch_size})
     trainer = make_trainer(config, teacher, eval_graphs=test, train_graphs=train, device=_device(args.device))
-    if args.resume:
-        trainer.load_state_dict(run_dir.load())
+    if run_dir.resume:
+        run_dir.restore(trainer)
     summary = trainer.fit(run_dir)
     save_model(run_dir.path / STUDENT_FILE, trainer.student, role="student", method=config.method,
                dataset=meta.get("dataset"), split=meta.get("split"), test_acc=summary["last_acc"])
     acc = "n/a (no test graphs)" if summary["last_acc"] is None else (
         f"{summary['last_acc']:.2%} (best {summary['best_acc']:.2%})")
-    print(f"{config.method}: {config.student} student from {teacher.spec} teacher: test accuracy {acc}; "
-          f"generation {summary['generation_s']:.1f}s, KD {summary['kd_s']:.1f}s; wrote {run_dir.path / STUDENT_FILE}")
+    run_dir.plot_metrics()
+    say(f"{config.method}: {config.student} student from {teacher.spec} teacher: test accuracy {acc}; "
+        f"generation {summary['generation_s']:.1f}s, KD {summary['kd_s']:.1f}s; wrote {run_dir.path / STUDENT_FILE}")
     return 0
 
 

@@ -18,7 +18,8 @@ from dfkd_fast.acgkd.trainer import accuracy, graph_batches
 from dfkd_fast.data import graphs as graph_data
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.models.gnn import GNN, build_gnn, parse_spec
-from dfkd_fast.runs import RunDir, atomic_save, load_checkpoint, progress, seed_everything
+from dfkd_fast.runs import (RunDir, atomic_save, check_finite, load_checkpoint, progress, resume_options, say,
+                            seed_everything)
 
 KIND = "dfkd_fast.graph_model"
 TEACHER_FILE = "teacher.pt"
@@ -59,8 +60,11 @@ def load_teacher(path: str | Path, expected_arch: str | None = None) -> tuple[GN
     if expected_arch is not None:
         kind, layers, hidden = parse_spec(expected_arch)
         if (kind, layers) != (model.kind, model.num_layers) or hidden != model.hidden:
-            raise DfkdError(f"teacher checkpoint {path} is {model.spec} (hidden width {model.hidden}) but the config "
-                            f"says --teacher-arch {expected_arch} (hidden width {hidden}): the widths do not match")
+            differ = [what for what, same in (("kinds", kind == model.kind), ("depths", layers == model.num_layers),
+                                              ("widths", hidden == model.hidden)) if not same]
+            raise DfkdError(f"teacher checkpoint {path} is {model.spec} ({model.num_layers} layers, hidden width "
+                            f"{model.hidden}) but the config says --teacher-arch {expected_arch} ({layers} layers, "
+                            f"hidden width {hidden}): the {' and '.join(differ)} do not match")
     return model.eval(), meta
 
 
@@ -86,10 +90,8 @@ def train_model(model: GNN, train_graphs: list, test_graphs: list, *, epochs: in
     test_batches = graph_batches(test_graphs)
     start = 0
     if run is not None and run.resume:
-        state = run.load()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = run.restore(lambda s: (model.load_state_dict(s["model"]), optimizer.load_state_dict(s["optimizer"]),
+                                       scheduler.load_state_dict(s["scheduler"])))
         start = state["epoch"]
     gen = torch.Generator().manual_seed(seed)
     if start:
@@ -106,6 +108,8 @@ def train_model(model: GNN, train_graphs: list, test_graphs: list, *, epochs: in
             optimizer.step()
             total += float(loss.detach()) * len(index)
         scheduler.step()
+        check_finite("teacher", f"epoch {epoch + 1}", {"loss": total}, {"teacher": model},
+                     {"loss": "--lr", "teacher": "--lr"})
         if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
             acc = accuracy(model, test_batches)
             if run is not None:
@@ -132,17 +136,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dfkd_fast.cpsc.teacher import validate_args
+
+    if args.resume:  # the saved options win; --epochs N larger than the saved value extends the run
+        run_dir = RunDir(args.out, resume=True, command="teacher-graph")
+        saved = run_dir.read_config(required=("model", "dataset", "epochs"))
+        changes = resume_options(args, saved, "teacher", spell="-")
+        args = argparse.Namespace(**{**saved, **changes, "out": args.out, "resume": True,
+                                     "data_root": args.data_root})
+    validate_args(args, "teacher --task graph")
     parse_spec(args.model)
     dataset, train, test = dataset_and_split(args.dataset, args.data_root, split_seed=args.split_seed,
                                              folds=args.folds, fold=args.fold)
-    run_dir = RunDir(args.out, resume=args.resume)
-    run_dir.write_config({k: v for k, v in vars(args).items() if k != "func"})
+    if not args.resume:
+        run_dir = RunDir(args.out, command="teacher-graph")
+    if not run_dir.resume or changes:
+        run_dir.write_config({k: v for k, v in vars(args).items() if k not in ("func", "given", "command", "task")})
     model = build_gnn(args.model, dataset.num_features, dataset.num_classes)
     acc = train_model(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       seed=args.seed, run=run_dir)
     split = {"seed": args.split_seed, "folds": args.folds, "fold": args.fold}
     save_model(run_dir.path / TEACHER_FILE, model, role="teacher", dataset=args.dataset, split=split,
                train_size=len(train), test_acc=acc)
-    print(f"teacher {args.model} on {args.dataset}: test accuracy {acc:.2%} ({len(test)} graphs); "
-          f"wrote {run_dir.path / TEACHER_FILE}")
+    run_dir.plot_metrics()
+    say(f"teacher {args.model} on {args.dataset}: test accuracy {acc:.2%} ({len(test)} graphs); "
+        f"wrote {run_dir.path / TEACHER_FILE}")
     return 0

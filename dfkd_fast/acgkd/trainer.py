@@ -26,7 +26,13 @@ from dfkd_fast.acgkd.pseudo_graphs import PseudoGraphs, annealed_tau
 from dfkd_fast.acgkd.student import ProjectedStudent, build_student
 from dfkd_fast.models.gnn import GNN, DenseGraphs
 from dfkd_fast.nn import BNStatsLoss
-from dfkd_fast.runs import RunDir, progress
+from dfkd_fast.runs import RunDir, check_finite, divergence_guard, progress
+
+# the flags to lower when a term or weights turn non-finite (the divergence guard's message)
+GENERATION_FLAGS = {"loss": "--lr-structure / --lr-features", "ce": "--w-ce", "bn": "--w-bn",
+                    "entropy": "--w-entropy", "tau": "--tau / --tau-end", "pseudo-graphs": "--lr-structure / --lr-features"}
+KD_FLAGS = {"loss": "--lr", "kd": "--w-kd", "feature": "--w-feat", "temperature": "--t-min / --t-range",
+            "student": "--lr"}
 
 
 def graph_batches(graphs: list, batch_size: int = 256) -> list:
@@ -158,12 +164,14 @@ class GraphDistiller:
 
         while self.step < self.iterations and budget_left():
             start = time.perf_counter()
-            metrics = self.generation_step()
+            with divergence_guard(self.method, f"generation step {self.step + 1}", self._weights(), GENERATION_FLAGS):
+                metrics = self.generation_step()
             self.generation_s += time.perf_counter() - start
             self.step += 1
             done_here += 1
             bar.update()
             if self.step % cfg.checkpoint_every == 0 or self.step == self.iterations:
+                check_finite(self.method, f"generation step {self.step}", metrics, self._weights(), GENERATION_FLAGS)
                 self._log(run, {"phase": "generation", "step": self.step, **metrics})
                 bar.set_postfix(loss=float(metrics["loss"]))
                 self._save(run)
@@ -179,12 +187,14 @@ class GraphDistiller:
             self._save(run)
         while self.epoch < cfg.epochs and budget_left():
             start = time.perf_counter()
-            metrics = self.kd_epoch()
+            with divergence_guard(self.method, f"KD epoch {self.epoch + 1}", self._weights(), KD_FLAGS):
+                metrics = self.kd_epoch()
             self.kd_s += time.perf_counter() - start
             self.epoch += 1
             done_here += 1
             bar.update()
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                check_finite(self.method, f"KD epoch {self.epoch}", metrics, self._weights(), KD_FLAGS)
                 acc = self.evaluate()
                 if acc is not None:
                     self.history.append((self.epoch, acc))
@@ -193,6 +203,11 @@ class GraphDistiller:
                 self._save(run)
         bar.close()
         return self.summary()
+
+    def _weights(self) -> dict:
+        """What the divergence guard checks: the pseudo-graphs, the student and the adversarial temperature."""
+        return {"pseudo-graphs": getattr(self, "graphs", None), "student": self.student,
+                "temperature": self.temperature}
 
     def summary(self) -> dict:
         accs = [a for _, a in self.history]
@@ -233,7 +248,8 @@ class GraphDistiller:
             "method": self.method, "step": self.step, "epoch": self.epoch, "generation_done": self.generation_done,
             "generation_s": self.generation_s, "kd_s": self.kd_s, "history": list(self.history),
             "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "exported": self.exported,
+            "scheduler": self.scheduler.state_dict(),
+            "exported": tuple(self.exported) if self.exported is not None else None,  # weights_only-loadable
             "batch_generator": self.batch_generator.get_state(),
         }
 
@@ -244,7 +260,7 @@ class GraphDistiller:
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.exported = state["exported"]
+        self.exported = DenseGraphs(*state["exported"]) if state["exported"] is not None else None
         self.batch_generator.set_state(state["batch_generator"])
 
 

@@ -25,7 +25,7 @@ from dfkd_fast.cpsc.trainer import CPSCTrainer
 from dfkd_fast.data.images import dataset_info, load_images
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.models import model_spec
-from dfkd_fast.runs import RunDir, load_checkpoint, seed_everything, set_rng_state
+from dfkd_fast.runs import RunDir, load_checkpoint, resume_options, say, seed_everything, set_rng_state
 
 HELP = {
     "teacher": "teacher model name (resnet34, vgg11, wrn_40_2, resnet56, lenet5, ...)",
@@ -85,23 +85,27 @@ def _config_from_args(args: argparse.Namespace) -> tuple[CPSCConfig, dict]:
 def run(args: argparse.Namespace) -> int:
     dist = init_from_env(resolve_device(args.device))
     out = args.out or f"runs/cpsc-{args.dataset}-{args.teacher}-{args.student}"
-    run_dir = None
+    run_dir, changes = None, {}
     if args.resume:
         if not os.path.isfile(os.path.join(out, "config.json")):
             raise DfkdError(f"--resume: {out} holds no run (config.json missing)")
         if dist.is_main:
-            run_dir = RunDir(out, resume=True)
-            stored = run_dir.read_config()
+            run_dir = RunDir(out, resume=True, command="cpsc")
+            stored = run_dir.read_config(required=("teacher", "student", "dataset", "epochs"))
         else:
             with open(os.path.join(out, "config.json")) as f:
                 stored = json.load(f)
+        changes = resume_options(args, stored, "cpsc")  # --epochs N > saved: extend the run
+        stored = {**stored, **changes}
         cfg, extra = CPSCConfig.from_dict(stored).validate(), {k: stored.get(k) for k in RUN_KEYS}
     else:
         cfg, extra = _config_from_args(args)
         if dist.is_main:
-            run_dir = RunDir(out)
+            run_dir = RunDir(out, command="cpsc")
     if not extra["ckpt"]:
         raise DfkdError("cpsc: --ckpt (the teacher checkpoint) is required")
+    if extra["eval_limit"] is not None and extra["eval_limit"] < 1:
+        raise DfkdError(f"cpsc: --eval_limit must be >= 1, got {extra['eval_limit']}")
     data = dataset_info(cfg.dataset)
     for role in ("teacher", "student"):
         spec = model_spec(getattr(cfg, role))
@@ -118,28 +122,38 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(cfg.seed)
     teacher, norm, _ = load_classifier(cfg.teacher, extra["ckpt"], data, what="teacher")
     trainer = CPSCTrainer.from_config(cfg, teacher, in_channels=data.channels, image_size=data.image_size,
-                                      norm=norm, test_data=test, run_dir=run_dir, dist=dist)
-    if args.resume:
-        state = run_dir.load(dist.device) if run_dir is not None else load_checkpoint(
-            os.path.join(out, "checkpoint.pt"), dist.device)
-        if run_dir is None:
+                                      norm=norm, test_data=test, run_dir=run_dir, dist=dist, log=say)
+    # a run stopped before its first checkpoint restarts from the start (RunDir dropped its records)
+    resuming = run_dir.resume if run_dir is not None else (args.resume and os.path.isfile(os.path.join(
+        out, "checkpoint.pt")))
+    config = {**cfg.to_dict(), **extra, "world_size": dist.world_size,
+              "global_batch": cfg.batch_size * dist.world_size}
+    if resuming:
+        if run_dir is not None:
+            run_dir.restore(trainer, map_location=dist.device)
+        else:
+            state = load_checkpoint(os.path.join(out, "checkpoint.pt"), dist.device)
             set_rng_state(state["rng"])
-        trainer.load_state_dict(state)
+            trainer.load_state_dict(state)
+        if changes and run_dir is not None:
+            run_dir.write_config(config)
         if dist.is_main:
-            print(f"cpsc: resuming {out} after epoch {trainer.epoch}")
+            extended = f" (extended to {cfg.epochs} epochs)" if changes else ""
+            say(f"cpsc: resuming {out} after epoch {trainer.epoch}{extended}")
     elif run_dir is not None:
-        run_dir.write_config({**cfg.to_dict(), **extra})
+        run_dir.write_config(config)
         if test is not None:
             teacher_acc = accuracy(trainer.teacher, test, norm, trainer.device)
             run_dir.log({"epoch": 0, "teacher_acc": teacher_acc})
-            print(f"cpsc: teacher {cfg.teacher} test accuracy {teacher_acc:.2%}")
+            say(f"cpsc: teacher {cfg.teacher} test accuracy {teacher_acc:.2%}")
     summary = trainer.fit()
     if dist.is_main:
         acc = f"final accuracy {summary['acc']:.2%}, best {summary['best_acc']:.2%} (epoch {summary['best_epoch']})" \
             if summary["acc"] is not None else "no evaluation"
-        print(f"cpsc: {cfg.teacher} -> {cfg.student} on {data.name}: {acc}; {summary['wall_s']:.0f} s; "
-              f"run directory {out}")
+        say(f"cpsc: {cfg.teacher} -> {cfg.student} on {data.name}: {acc}; {summary['wall_s']:.0f} s; "
+            f"run directory {out}")
+        if run_dir is not None:
+            run_dir.plot_metrics()
     if dist.enabled:
         torch.distributed.destroy_process_group()
     return 0
-

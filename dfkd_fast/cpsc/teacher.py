@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from dfkd_fast.data.images import ImageDataset, augment, batches, dataset_info, load_images, normalize
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.models import build_model, canonical_name, load_weights, model_spec
-from dfkd_fast.runs import RunDir, atomic_save, progress, seed_everything
+from dfkd_fast.runs import RunDir, atomic_save, check_finite, progress, resume_options, say, seed_everything
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -34,6 +34,8 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise DfkdError(f"--device: {exc}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DfkdError(f"--device {name}: dfkd-fast runs on cpu or cuda devices, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DfkdError(f"--device {name}: CUDA is not available on this machine")
     return device
@@ -90,9 +92,7 @@ def train_classifier(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     first = 1
     if run_dir is not None and run_dir.resume:
-        state = run_dir.load()
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        state = run_dir.restore(lambda s: (model.load_state_dict(s["model"]), opt.load_state_dict(s["optimizer"])))
         first = state["epoch"] + 1
     acc, start = None, time.perf_counter()
     for epoch in range(first, epochs + 1):
@@ -112,6 +112,7 @@ def train_classifier(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple
             total += loss.detach()
             steps += 1
         record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": float(total) / max(1, steps)}
+        check_finite("teacher", f"epoch {epoch}", record, {"teacher": model}, {"loss": "--lr", "teacher": "--lr"})
         if test is not None:
             record["acc"] = acc = accuracy(model, test, norm, device)
         log(f"teacher epoch {epoch}/{epochs}: loss {record['loss']:.4f}"
@@ -147,7 +148,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
 
 
+def validate_args(args: argparse.Namespace, command: str = "teacher") -> None:
+    """One-line errors for training options no run can use (an untrained or NaN teacher is never saved)."""
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise DfkdError(f"{command}: --{name} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise DfkdError(f"{command}: --lr must be a finite number > 0, got {args.lr}")
+    for name in ("momentum", "weight_decay"):
+        if not (math.isfinite(getattr(args, name, 0.0)) and getattr(args, name, 0.0) >= 0):
+            raise DfkdError(f"{command}: --{name} must be a finite number >= 0, got {getattr(args, name)}")
+
+
+SAVED_ARGS = ("model", "dataset", "data_root", "epochs", "batch_size", "lr", "momentum", "weight_decay", "augment",
+              "seed", "device", "out", "resume")
+
+
 def run(args: argparse.Namespace) -> int:
+    out = args.out or f"runs/teacher-{args.dataset}-{args.model}"
+    if args.resume:  # the saved options win; --epochs N larger than the saved value extends the run
+        run_dir = RunDir(out, resume=True, command="teacher-image")
+        saved = run_dir.read_config(required=("model", "dataset", "epochs"))
+        changes = resume_options(args, saved, "teacher")
+        args = argparse.Namespace(**{**{k: saved[k] for k in SAVED_ARGS if k in saved}, **changes,
+                                     "out": out, "resume": True, "device": args.device, "data_root": args.data_root})
+    validate_args(args)
     data = dataset_info(args.dataset)
     spec = model_spec(args.model)  # unknown names fail before any data is read
     if spec.image_size is not None and spec.image_size != data.image_size:
@@ -155,18 +180,24 @@ def run(args: argparse.Namespace) -> int:
                         f"has {data.image_size}x{data.image_size}")
     device = resolve_device(args.device)
     train, test = load_images(data.name, "train", args.data_root), load_images(data.name, "test", args.data_root)
-    run_dir = RunDir(args.out or f"runs/teacher-{data.name}-{args.model}", resume=args.resume)
     if not args.resume:
-        run_dir.write_config({k: v for k, v in vars(args).items() if k not in ("command", "task")})
+        run_dir = RunDir(out, command="teacher-image")
+    if not run_dir.resume:
+        run_dir.write_config({**{k: getattr(args, k) for k in SAVED_ARGS}, "world_size": 1,
+                              "global_batch": args.batch_size})
+    elif changes:
+        run_dir.write_config({**saved, **changes})
     seed_everything(args.seed)
     model = build_model(args.model, data.num_classes, in_channels=data.channels)
     norm = spec.norm or (data.mean, data.std)
     aug = args.augment if args.augment is not None else data.channels == 3
     result = train_classifier(model, train, test, norm, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               momentum=args.momentum, weight_decay=args.weight_decay, augment_images=aug,
-                              device=device, run_dir=run_dir)
+                              device=device, run_dir=run_dir, log=say)
+    check_finite("teacher", "the end of training", None, {"teacher": model}, {"teacher": "--lr"})
     atomic_save(checkpoint_record(model, canonical_name(args.model), data, norm, result["acc"]),
                 run_dir.path / "teacher.pt")
-    print(f"teacher {args.model} on {data.name}: test accuracy {result['acc']:.2%} ({result['wall_s']:.0f} s); "
-          f"saved {run_dir.path / 'teacher.pt'}")
+    run_dir.plot_metrics()
+    say(f"teacher {args.model} on {data.name}: test accuracy {result['acc']:.2%} ({result['wall_s']:.0f} s); "
+        f"saved {run_dir.path / 'teacher.pt'}")
     return 0

@@ -30,13 +30,16 @@ from dfkd_fast.cpsc.distributed import DistInfo, gather_with_grad
 from dfkd_fast.cpsc.losses import (ce_loss, contrastive_anchors, contrastive_loss, ikd_generator, ikd_student,
                                    kd_loss)
 from dfkd_fast.data.images import batches, denormalize, normalize, save_image_grid
-from dfkd_fast.errors import DfkdError
 from dfkd_fast.models import ConditionalGenerator, FeatureAdapter, build_model, feature_dim, num_classes_of
 from dfkd_fast.nn import BNStatsLoss, ClassConditionalBatchNorm2d
-from dfkd_fast.runs import RunDir, atomic_save, progress
+from dfkd_fast.runs import RunDir, atomic_save, check_finite, divergence_guard, progress
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
 ADAM_BETAS, ADAM_EPS = (0.5, 0.999), 1e-8
+# the flag to lower when a term or a network's weights turn non-finite (the divergence guard's message)
+DIVERGENCE_FLAGS = {"loss_G": "--lr_G", "G_adv": "--lr_G", "G_ikd": "--co_alpha", "G_bn": "--co_beta",
+                    "G_scl": "--co_gamma", "G_ce": "--co_eta", "loss_S": "--lr_S", "S_kd": "--lr_S",
+                    "S_ikd": "--co_alpha", "S_ce": "--co_eta", "generator": "--lr_G", "student": "--lr_S"}
 
 
 class CPSCTrainer:
@@ -338,11 +341,10 @@ class CPSCTrainer:
         for epoch in range(self.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             lr = self.set_student_lr(epoch)
-            means = self.train_epoch(epoch)
-            if not all(math.isfinite(v) for v in means.values()):
-                raise DfkdError(f"cpsc: training diverged in epoch {epoch} (non-finite losses: "
-                                f"{', '.join(k for k, v in means.items() if not math.isfinite(v))}); "
-                                "lower --lr_S / --lr_G, or switch a term off")
+            weights = {"generator": self.generator, "student": self.student}
+            with divergence_guard("cpsc", f"epoch {epoch}", weights, DIVERGENCE_FLAGS):
+                means = self.train_epoch(epoch)
+            check_finite("cpsc", f"epoch {epoch}", means, weights, DIVERGENCE_FLAGS)  # before anything is written
             self.epoch = epoch
             elapsed = time.perf_counter() - t0
             record = {"epoch": epoch, "lr_S": lr, "lr_G": cfg.lr_G, "epoch_s": elapsed,
