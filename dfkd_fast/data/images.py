@@ -5,7 +5,7 @@
 * ``mnist``: the IDX files (``.gz`` or not) under ``ROOT/MNIST/raw``, ``ROOT/raw`` or ``ROOT``, padded to 32x32
   (the LeNet-5 input size).
 * ``cifar10`` / ``cifar100``: the python pickle batches (``ROOT/cifar-10-batches-py``, ``ROOT/cifar-100-python``),
-  read directly.
+  read directly with an unpickler that rebuilds nothing but containers and numpy arrays (anything else is refused).
 * ``tiny-imagenet``: ``ROOT/tiny-imagenet-200`` as distributed (``val/val_annotations.txt``) or with ``val``
   already sorted into class folders.
 
@@ -102,12 +102,37 @@ def _mnist(split: Split, root: Path | None):
     return _pad_to_32(arrays[0][:, None]), arrays[1].astype(np.int64)
 
 
-def _unpickle(path: Path, dataset: str) -> dict:
+# The CIFAR batches are Python pickles: inherent to that format, but only numpy arrays may be rebuilt from them.
+_ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers, strings, numbers and numpy arrays; any other class or function is refused (so a
+    hostile file cannot run code)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def _unpickle(path: Path, dataset: str, keys: tuple[bytes, ...] = (b"data", b"labels")) -> dict:
+    """A CIFAR batch: a dict holding arrays and labels (``keys``) and nothing but plain data."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        if "refused global" in str(exc):
+            raise DfkdError(f"{dataset}: {path} refused: a CIFAR batch holds arrays and labels only, this pickle "
+                            f"asks for more ({exc})") from None
+        raise DfkdError(f"{dataset}: cannot read {path} (UnpicklingError: {exc})") from None
     except Exception as exc:  # truncated or not a pickle
         raise DfkdError(f"{dataset}: cannot read {path} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict) or any(k not in batch for k in keys):
+        raise DfkdError(f"{dataset}: {path} is not a CIFAR batch (expected a dict with "
+                        f"{', '.join(k.decode() for k in keys)})")
+    return batch
 
 
 def _cifar_dir(root: Path, folder: str, probe: str, dataset: str) -> Path:
@@ -135,7 +160,7 @@ def _cifar100(split: Split, root: Path | None):
     root = _require_root(root, "cifar100")
     name = "train" if split == "train" else "test"
     d = _cifar_dir(root, "cifar-100-python", name, "cifar100")
-    batch = _unpickle(d / name, "cifar100")
+    batch = _unpickle(d / name, "cifar100", (b"data", b"fine_labels"))
     return np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(batch[b"fine_labels"], np.int64)
 
 
@@ -210,6 +235,8 @@ def load_images(name: str, split: Split = "test", data_root: str | os.PathLike |
     """``(images uint8 [N, C, H, W], labels int64 [N])`` of one split; ``limit`` keeps an evenly strided subset."""
     if split not in ("train", "test"):
         raise ValueError(f"load_images: argument 'split' must be 'train' or 'test', got {split!r}")
+    if limit is not None and limit < 1:  # 0 images would "evaluate" to 0 % (and pick that as the best student)
+        raise DfkdError(f"an evaluation subset (--limit / --eval_limit) must hold >= 1 images, got {limit}")
     info = dataset_info(name)
     x, y = info.loader(split, Path(data_root) if data_root is not None else None)
     if limit is not None and limit < len(x):

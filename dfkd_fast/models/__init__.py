@@ -132,10 +132,12 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping, *, what:
     own = model.state_dict()
     head_key = next(f"{n}.weight" for n, m in model.named_modules() if m is head_of(model))
     if head_key in state and state[head_key].dim() == 2 and state[head_key].shape != own[head_key].shape:
-        raise DfkdError(
-            f"{what} checkpoint {name} is for {state[head_key].shape[0]} classes ({head_key} "
-            f"{tuple(state[head_key].shape)}) but the {what} was built for {own[head_key].shape[0]} classes"
-        )
+        got, want = tuple(state[head_key].shape), tuple(own[head_key].shape)
+        if got[0] != want[0]:
+            raise DfkdError(f"{what} checkpoint {name} is for {got[0]} classes ({head_key} {got}) but the {what} "
+                            f"was built for {want[0]} classes")
+        raise DfkdError(f"{what} checkpoint {name} has {got[1]} features into its classifier ({head_key} {got}) "
+                        f"but the {what} has {want[1]} ({want}): another width or variant of the model")
     for k in own:
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = own[k]
