@@ -14,6 +14,7 @@ opened; :func:`check_finite` is the divergence guard every trainer calls before 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import json
@@ -212,11 +213,11 @@ def check_finite(command: str, where: str, values: Mapping[str, Any] | None = No
         return
     hints: list[str] = []
     for name in bad:
-        hint = (flags or {}).get(name.removesuffix(" weights"))
-        if hint and hint not in hints:
-            hints.append(hint)
+        for hint in (flags or {}).get(name.removesuffix(" weights"), "").split(" / "):
+            if hint and hint not in hints:
+                hints.append(hint)
     raise DivergenceError(f"{command}: training diverged at {where}: non-finite {', '.join(bad)}; "
-                          f"lower {' or '.join(hints) or default_flags}")
+                          f"lower {' / '.join(hints) or default_flags}")
 
 
 @contextlib.contextmanager
@@ -232,7 +233,7 @@ def divergence_guard(command: str, where: str, modules: Mapping[str, Any], flags
 
 
 # ----------------------------------------------------------------------------------------------- run directories
-_OPEN: "weakref.WeakSet[RunDir]" = weakref.WeakSet()
+_OPEN: dict[str, "RunDir"] = {}  # resolved path -> the open RunDir of this process
 
 
 def _release(fd: int, lock_path: Path, handler: logging.Handler | None) -> None:
@@ -263,13 +264,19 @@ class RunDir:
         self._created: Path | None = None  # the topmost directory this run created
         self._fd: int | None = None
         self._finalizer = None
+        if resume and not self.path.is_dir():
+            raise DfkdError(f"--resume: no checkpoint to resume in {self.path} (no such directory)")
         self._make_dir()
+        self._key = str(self.path.resolve())
+        if self._key in _OPEN:  # reopened by this process (e.g. to resume it): the new object takes the lock over
+            _OPEN[self._key].close()
         try:
             self._lock()
             self._remove_temp_files()
             has_checkpoint = self.checkpoint_path.is_file()
             if resume and not has_checkpoint and not self.config_path.is_file():
-                raise DfkdError(f"--resume: {self.path} holds no run (no checkpoint.pt, no config.json)")
+                raise DfkdError(f"--resume: no checkpoint to resume in {self.path} (nor a config.json to restart "
+                                "from)")
             if not resume and has_checkpoint:
                 raise DfkdError(f"{self.path} already holds a run; pass --resume to continue it, or choose another "
                                 "--out")
@@ -283,7 +290,7 @@ class RunDir:
         except BaseException:
             self.close(failed=True)
             raise
-        _OPEN.add(self)
+        _OPEN[self._key] = self
 
     # -- opening ---------------------------------------------------------------------------------------------
     def _make_dir(self) -> None:
@@ -349,7 +356,8 @@ class RunDir:
 
     def close(self, failed: bool = False) -> None:
         """Release the lock; after a failure, remove the directory this run created if it holds no checkpoint."""
-        _OPEN.discard(self)
+        if _OPEN.get(getattr(self, "_key", None)) is self:
+            del _OPEN[self._key]
         if self._finalizer is not None:
             self._finalizer()
         if failed and self._created is not None and not self.checkpoint_path.exists():
@@ -486,8 +494,11 @@ def resume_options(args, saved: Mapping[str, Any], command: str, *, extend: Iter
 
 def close_all(failed: bool = False) -> None:
     """Close every open :class:`RunDir` (the CLI calls this when a command ends)."""
-    for run_dir in list(_OPEN):
+    for run_dir in list(_OPEN.values()):
         run_dir.close(failed=failed)
+
+
+atexit.register(close_all)  # a run directory left open by Python code: release its lock file at exit
 
 
 def say(message: str, *, err: bool = False) -> None:

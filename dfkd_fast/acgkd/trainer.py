@@ -30,9 +30,10 @@ from dfkd_fast.runs import RunDir, check_finite, divergence_guard, progress
 
 # the flags to lower when a term or weights turn non-finite (the divergence guard's message)
 GENERATION_FLAGS = {"loss": "--lr-structure / --lr-features", "ce": "--w-ce", "bn": "--w-bn",
-                    "entropy": "--w-entropy", "tau": "--tau / --tau-end", "pseudo-graphs": "--lr-structure / --lr-features"}
-KD_FLAGS = {"loss": "--lr", "kd": "--w-kd", "feature": "--w-feat", "temperature": "--t-min / --t-range",
-            "student": "--lr"}
+                    "entropy": "--w-entropy", "tau": "--tau / --tau-end", "temperature": "--t-min / --t-range",
+                    "pseudo-graph": "--lr-structure / --lr-features"}
+KD_FLAGS = {"loss": "--lr / --w-feat / --w-kd", "kd": "--w-kd", "feature": "--w-feat",
+            "temperature": "--t-min / --t-range", "student": "--lr"}
 
 
 def graph_batches(graphs: list, batch_size: int = 256) -> list:
@@ -206,7 +207,7 @@ class GraphDistiller:
 
     def _weights(self) -> dict:
         """What the divergence guard checks: the pseudo-graphs, the student and the adversarial temperature."""
-        return {"pseudo-graphs": getattr(self, "graphs", None), "student": self.student,
+        return {"pseudo-graph": getattr(self, "graphs", None), "student": self.student,
                 "temperature": self.temperature}
 
     def summary(self) -> dict:
