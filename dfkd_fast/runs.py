@@ -296,11 +296,11 @@ class RunDir:
     def _make_dir(self) -> None:
         top = self.path.absolute()
         created = None
-        while not top.exists():
-            created, top = top, top.parent
-        if top.exists() and not top.is_dir():
-            raise DfkdError(f"--out {self.path}: {top} is a file, not a directory")
         try:
+            while not top.exists():
+                created, top = top, top.parent
+            if not top.is_dir():
+                raise DfkdError(f"--out {self.path}: {top} is a file, not a directory")
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DfkdError(f"--out {self.path}: cannot create the run directory ({exc.strerror or exc})") from None
