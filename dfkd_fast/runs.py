@@ -144,8 +144,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"(Unsupported [^\n.]*|Trying to [^\n.]*)", str(exc))
-        detail = found.group(1).strip() if found else "not a torch checkpoint of tensors"
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"Unsupported operand (\d+)", str(exc))
+        detail = ("not a torch checkpoint of tensors" if found is None else f"it asks for {found.group(1)}"
+                  if not found.group(1).isdigit() else f"pickle opcode {found.group(1)}")
         raise DfkdError(f"checkpoint {path} refused: it holds more than tensors and plain containers ({detail}); "
                         "dfkd-fast loads only with torch.load(weights_only=True), which runs no code from a file")
     except Exception as exc:

@@ -132,8 +132,9 @@ def checkpoint_record(model: nn.Module, name: str, data: ImageDataset, norm: Nor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="zoo model name (e.g. resnet34, wrn_40_2, lenet5)")
-    parser.add_argument("--dataset", required=True, help="digits, mnist5k, mnist, cifar10, cifar100, tiny-imagenet")
+    parser.add_argument("--model", help="zoo model name (e.g. resnet34, wrn_40_2, lenet5); required unless --resume")
+    parser.add_argument("--dataset", help="digits, mnist5k, mnist, cifar10, cifar100, tiny-imagenet; required unless "
+                        "--resume")
     parser.add_argument("--data-root", "--data_root", dest="data_root", help="folder holding the dataset files")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch_size", type=int, default=64)
@@ -172,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
         changes = resume_options(args, saved, "teacher")
         args = argparse.Namespace(**{**{k: saved[k] for k in SAVED_ARGS if k in saved}, **changes,
                                      "out": out, "resume": True, "device": args.device, "data_root": args.data_root})
+    for name in ("model", "dataset"):
+        if getattr(args, name) is None:
+            raise DfkdError(f"teacher: --{name} is required (or --resume with the --out of a run)")
     validate_args(args)
     data = dataset_info(args.dataset)
     spec = model_spec(args.model)  # unknown names fail before any data is read
