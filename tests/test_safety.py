@@ -215,3 +215,23 @@ def test_cli_prints_an_op_validation_error_as_one_line(monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "run", lambda args: int("not a number"))  # a bug is not dressed up as input
     with pytest.raises(ValueError):
         main(["eval", "--ckpt", "x", "--dataset", "digits"])
+
+
+def test_cifar_batches_rebuild_arrays_and_nothing_else(tmp_path):
+    from dfkd_fast.data.images import load_images
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    batch = {b"batch_label": b"testing batch", b"labels": [3, 7], b"data": images, b"filenames": [b"a.png", b"b.png"]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    x, y = load_images("cifar10", "test", tmp_path)
+    assert torch.equal(x.flatten(1), torch.from_numpy(images)) and y.tolist() == [3, 7]
+    marker = tmp_path / "MARKER"
+    (folder / "test_batch").write_bytes(pickle.dumps({**batch, b"extra": Payload(marker)}, protocol=2))
+    with pytest.raises(DfkdError, match="refused: a CIFAR batch holds arrays and labels only"):
+        load_images("cifar10", "test", tmp_path)
+    assert not marker.exists()
+    (folder / "test_batch").write_bytes(pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(DfkdError, match="not a CIFAR batch"):
+        load_images("cifar10", "test", tmp_path)
