@@ -122,7 +122,8 @@ def test_resume_refuses_a_hostile_checkpoint(hostile, graph_teacher, image_teach
 
 def test_python_loaders_refuse_a_hostile_checkpoint(hostile):
     path, marker = hostile
-    loaders = [lambda: load_checkpoint(path), lambda: load_weights(build_model("small_cnn_half", 10, in_channels=1), path),
+    model = build_model("small_cnn_half", 10, in_channels=1)
+    loaders = [lambda: load_checkpoint(path), lambda: load_weights(model, path),
                lambda: load_classifier("small_cnn_half", path, DIGITS), lambda: load_model(path),
                lambda: load_teacher(path)]
     for load in loaders:

@@ -104,7 +104,8 @@ def _mnist(split: Split, root: Path | None):
 
 # The CIFAR batches are Python pickles: inherent to that format, but only numpy arrays may be rebuilt from them.
 _ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                  ("numpy", "ndarray"), ("numpy", "dtype"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+                  ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
                   ("_codecs", "encode")}  # how protocol 2 stores bytes: a string encoding, nothing more
 
 
