@@ -288,6 +288,9 @@ class RunDir:
                     os.unlink(self.metrics_path)
             if command is not None and self.config_path.is_file() and resume:
                 self._check_command(self.read_config())
+            if self.restarted:
+                say(f"--resume: {self.path} holds no checkpoint yet (the run stopped before its first one): "
+                    "restarting it from the start")
         except BaseException:
             self.close(failed=True)
             raise

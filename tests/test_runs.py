@@ -90,6 +90,7 @@ def test_a_run_without_checkpoint_restarts_cleanly(tmp_path, teacher_ckpt):
     (out / "config.json").write_text((full / "config.json").read_text().replace(str(full), str(out)))
     (out / "metrics.jsonl").write_text('{"epoch": 0, "teacher_ac')
     assert main(["cpsc", "--out", str(out), "--resume"]) == 0  # no checkpoint: --resume restarts
+    assert "restarting it from the start" in (out / "log.txt").read_text()
     assert (out / "metrics.jsonl").read_text().count('"epoch": 0') == 1
     (out / "checkpoint.pt").unlink()
     (out / "metrics.jsonl").write_text('{"epoch": 0, "teacher_acc": 0.1}\n')
@@ -164,6 +165,7 @@ def test_bad_run_directories_and_checkpoints_are_one_line(tmp_path, teacher_ckpt
 def test_bad_training_options_are_one_line(tmp_path, teacher_ckpt, capsys):
     for limit in ("0", "-3"):
         one_line(capsys, cpsc(tmp_path / "c", teacher_ckpt, "--eval_limit", limit), "--eval_limit must be >= 1")
+    one_line(capsys, ["eval", "--ckpt", teacher_ckpt, "--dataset", "digits", "--limit", "0"], "must hold >= 1")
     image = ["teacher", "--task", "image", "--model", "small_cnn_half", "--dataset", "digits", "--out",
              str(tmp_path / "t")]
     for epochs in ("0", "-1"):
