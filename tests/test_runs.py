@@ -209,6 +209,17 @@ def test_resume_extends_a_finished_run_or_refuses(tmp_path, teacher_ckpt, capsys
     assert torch.load(out / "final_student.pt", weights_only=True)["epoch"] == 3
 
 
+def test_teacher_runs_extend_with_the_cosine_of_the_new_length(tmp_path, capsys):
+    out = tmp_path / "teacher"
+    argv = ["teacher", "--task", "image", "--model", "small_cnn_half", "--dataset", "digits", "--out", str(out)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    one_line(capsys, ["teacher", "--out", str(out), "--resume", "--lr", "0.2"], "--lr 0.2 differs")
+    assert main(["teacher", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+
+
 def test_graph_runs_extend_too(tmp_path, graph_teacher, capsys):
     out = tmp_path / "run"
     assert main(["acgkd", "--teacher", graph_teacher, "--out", str(out), *GRAPH_TINY]) == 0
@@ -232,6 +243,8 @@ def test_run_directory_holds_log_curves_and_world_size(tmp_path, teacher_ckpt, c
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 1 and config["global_batch"] == 8 and config["command"] == "cpsc"
+    (out / "config.json").write_text(json.dumps({**config, "world_size": 2}))
+    one_line(capsys, ["cpsc", "--out", str(out), "--resume"], "was run by 2 processes")
     one_line(capsys, cpsc(out, teacher_ckpt), "already holds a run")
 
 

@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
             with open(os.path.join(out, "config.json")) as f:
                 stored = json.load(f)
         changes = resume_options(args, stored, "cpsc")  # --epochs N > saved: extend the run
+        if stored.get("world_size", dist.world_size) != dist.world_size:  # the global batch would change
+            raise DfkdError(f"cpsc --resume: {out} was run by {stored['world_size']} processes, this is "
+                            f"{dist.world_size}: resume it with the same number")
         stored = {**stored, **changes}
         cfg, extra = CPSCConfig.from_dict(stored).validate(), {k: stored.get(k) for k in RUN_KEYS}
     else:
