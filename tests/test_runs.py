@@ -171,6 +171,7 @@ def test_bad_training_options_are_one_line(tmp_path, teacher_ckpt, capsys):
     for epochs in ("0", "-1"):
         one_line(capsys, [*image, "--epochs", epochs], "--epochs must be >= 1")
     one_line(capsys, [*image, "--batch_size", "0"], "--batch_size must be >= 1")
+    one_line(capsys, [*image, "--lr", "nan"], "--lr must be a finite number > 0")
     graph = ["teacher", "--task", "graph", "--out", str(tmp_path / "g")]
     one_line(capsys, [*graph, "--batch-size", "0"], "batch_size must be >= 1")
     one_line(capsys, [*graph, "--epochs", "0"], "--epochs must be >= 1")
