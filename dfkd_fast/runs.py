@@ -273,6 +273,7 @@ class RunDir:
             _OPEN[self._key].close()
         try:
             self._lock()
+            _OPEN[self._key] = self
             self._remove_temp_files()
             has_checkpoint = self.checkpoint_path.is_file()
             if resume and not has_checkpoint and not self.config_path.is_file():
@@ -294,7 +295,6 @@ class RunDir:
         except BaseException:
             self.close(failed=True)
             raise
-        _OPEN[self._key] = self
 
     # -- opening ---------------------------------------------------------------------------------------------
     def _make_dir(self) -> None:
@@ -343,6 +343,8 @@ class RunDir:
             self._fd = fd
             handler = logging.FileHandler(self.path / LOG, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            # with several directories open (a demo), a message goes to the log of the one opened last
+            handler.addFilter(lambda _record, key=self._key: bool(_OPEN) and next(reversed(_OPEN)) == key)
             logger.addHandler(handler)
             self._finalizer = weakref.finalize(self, _release, fd, lock_path, handler)
             return

@@ -255,3 +255,14 @@ def test_a_failed_command_leaves_no_folder(tmp_path, capsys):
     assert not (tmp_path / "a").exists()
     one_line(capsys, ["teacher", "--task", "image", "--model", "nope", "--dataset", "digits", "--out", str(out)])
     assert not (tmp_path / "a").exists()
+
+
+def test_messages_go_to_the_log_of_the_directory_opened_last(tmp_path, capsys):
+    with RunDir(tmp_path / "a") as a:
+        runs.say("first")
+        with RunDir(tmp_path / "b") as b:
+            runs.say("second")
+        runs.say("third")
+    assert (a.path / "log.txt").read_text().split()[2::3] == ["first", "third"]
+    assert (b.path / "log.txt").read_text().split()[2::3] == ["second"]
+    assert capsys.readouterr().out.split() == ["first", "second", "third"]
