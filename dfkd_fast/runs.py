@@ -40,6 +40,11 @@ from tqdm.auto import tqdm
 
 from dfkd_fast.errors import DfkdError, DivergenceError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: the lock falls back to the pid in the lock file
+    fcntl = None
+
 CHECKPOINT = "checkpoint.pt"
 LOCK = "run.lock"
 LOG = "log.txt"
@@ -237,6 +242,21 @@ def divergence_guard(command: str, where: str, modules: Mapping[str, Any], flags
 _OPEN: dict[str, "RunDir"] = {}  # resolved path -> the open RunDir of this process
 
 
+def _holder_alive(holder: list[str]) -> bool:
+    """Whether the pid (and host) of a lock file name a live process other than this one."""
+    if not holder or not holder[0].isdigit() or int(holder[0]) == os.getpid():
+        return False
+    if len(holder) > 1 and holder[1] != socket.gethostname():
+        return True  # another machine's process: cannot be checked, assume live
+    try:
+        os.kill(int(holder[0]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _release(fd: int, lock_path: Path, handler: logging.Handler | None) -> None:
     with contextlib.suppress(OSError):
         if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
@@ -311,25 +331,32 @@ class RunDir:
         self._created = created
 
     def _lock(self) -> None:
-        import fcntl
-
         lock_path = self.path / LOCK
         for _ in range(10):
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
                 raise DfkdError(f"--out {self.path}: cannot create {LOCK} ({exc.strerror or exc})") from None
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
             try:
+                if fcntl is None:
+                    raise OSError(errno.ENOLCK, "no flock on this platform")
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                live = False
             except OSError as exc:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
-                os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    live = True
+                elif exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    live = _holder_alive(holder)  # no flock here (some network filesystems): trust the pid
+                else:
+                    os.close(fd)
                     raise DfkdError(f"--out {self.path}: cannot lock {LOCK} ({exc.strerror})") from None
+            if live:
+                os.close(fd)
                 who = f"process {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else \
                     "another process"
                 raise DfkdError(f"{self.path} is in use by a live run ({who}, lock {lock_path}); wait for it to "
-                                "end, or choose another --out") from None
+                                "end, or choose another --out")
             try:
                 same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
             except FileNotFoundError:

@@ -2,8 +2,10 @@
 of a run stopped before its first checkpoint, temporary files, file modes, one-line errors, extending a run with
 ``--resume --epochs``, log.txt, curves.png, config.json, no empty folder after a failed command."""
 
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -79,6 +81,27 @@ def test_a_live_run_locks_its_directory(tmp_path, teacher_ckpt, capsys):
         assert (out / "run.lock").read_text().split()[0] == str(os.getpid())
         run.log({"epoch": 1})
     assert not (out / "run.lock").exists()  # released on close
+
+
+def test_without_flock_the_lock_falls_back_to_the_pid(tmp_path, monkeypatch):
+    def no_flock(fd, flags):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runs.fcntl, "flock", no_flock)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "run.lock").write_text(f"{live.pid} {socket.gethostname()}\n")
+        with pytest.raises(DfkdError, match=f"in use by a live run \\(process {live.pid}"):
+            RunDir(tmp_path / "run")
+    finally:
+        live.kill()
+        live.wait()
+    (tmp_path / "run" / "run.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    with RunDir(tmp_path / "run"):  # stale: its process is gone
+        assert (tmp_path / "run" / "run.lock").read_text().split()[0] == str(os.getpid())
 
 
 # ----------------------------------------------------------------------- item 4: crash before the first checkpoint
