@@ -391,10 +391,19 @@ class RunDir:
         """Release the lock; after a failure, remove the directory this run created if it holds no checkpoint."""
         if _OPEN.get(getattr(self, "_key", None)) is self:
             del _OPEN[self._key]
+        held, self._fd = self._fd is not None, None
         if self._finalizer is not None:
             self._finalizer()
-        if failed and self._created is not None and not self.checkpoint_path.exists():
+        if failed and held and self._created is not None and not self.checkpoint_path.exists():
             shutil.rmtree(self._created, ignore_errors=True)
+        elif failed and self._created is not None:  # not locked by us: remove only what is still empty
+            folder = self.path.absolute()
+            with contextlib.suppress(OSError):
+                while True:
+                    folder.rmdir()
+                    if folder == self._created:
+                        break
+                    folder = folder.parent
         self._created = None
 
     def __enter__(self) -> "RunDir":
