@@ -185,6 +185,16 @@ def test_bad_run_directories_and_checkpoints_are_one_line(tmp_path, teacher_ckpt
     one_line(capsys, ["acgkd", "--out", str(acgkd), "--resume"], "lacks cli")
 
 
+def test_unwritable_out_is_one_line(tmp_path, teacher_ckpt, monkeypatch, capsys):
+    # (the tests may run as root, for whom chmod does not make a folder read-only: simulate what the OS says)
+    def denied(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(tmp_path), "mkdir", denied)
+    one_line(capsys, cpsc(tmp_path / "ro" / "run", teacher_ckpt), "cannot create the run directory",
+             "Permission denied")
+
+
 def test_bad_training_options_are_one_line(tmp_path, teacher_ckpt, capsys):
     for limit in ("0", "-3"):
         one_line(capsys, cpsc(tmp_path / "c", teacher_ckpt, "--eval_limit", limit), "--eval_limit must be >= 1")
