@@ -266,6 +266,8 @@ def test_graph_runs_extend_too(tmp_path, graph_teacher, capsys):
     assert main(["teacher", "--task", "graph", "--model", "gcn-3-8", "--epochs", "1", "--out", str(teacher)]) == 0
     assert main(["teacher", "--task", "graph", "--out", str(teacher), "--resume", "--epochs", "2"]) == 0
     assert [json.loads(line)["epoch"] for line in (teacher / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    config = json.loads((teacher / "config.json").read_text())
+    assert config["epochs"] == 2 and config["world_size"] == 1 and config["global_batch"] == 32
 
 
 # -------------------------------------------------------------------------- issue 14: what a run directory holds

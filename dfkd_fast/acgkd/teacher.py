@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         run_dir = RunDir(args.out, command="teacher-graph")
     if not run_dir.resume or changes:
-        run_dir.write_config({k: v for k, v in vars(args).items() if k not in ("func", "given", "command", "task")})
+        run_dir.write_config({**{k: v for k, v in vars(args).items() if k not in ("func", "given", "command", "task")},
+                              "world_size": 1, "global_batch": args.batch_size})
     model = build_gnn(args.model, dataset.num_features, dataset.num_classes)
     acc = train_model(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       seed=args.seed, run=run_dir)
