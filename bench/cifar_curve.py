@@ -3,10 +3,10 @@
     python bench/cifar_curve.py RUN_DIR/metrics.jsonl OUT/cifar10_resnet56_resnet20 [--title TEXT]
 
 Reads what the trainer logged after every epoch (also from a run cut short by a timeout: each line is complete when
-written). JSON: the teacher's accuracy, then per epoch the student's test accuracy, the epoch's training seconds and
+written). JSON: the teacher's accuracy, then per epoch the student's test accuracy (the curve starts at chance, 0 s), the epoch's training seconds and
 the cumulative training seconds (evaluation time excluded). PNG: accuracy (%) against cumulative seconds, drawn with
-matplotlib when it is installed, else with a small built-in rasteriser (a grey line every 10 % and every 30 s; no
-text), because the GPU machine's python has no plotting library.
+matplotlib when it is installed, else with a small built-in rasteriser (a grey line every 10 % and every 30 s, the
+teacher dashed; no text), because the GPU machine's python has no plotting library.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 
 def curve(metrics: Path) -> dict:
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    head = records[0] if records and "epoch" not in records[0] else {}
+    teacher = next((r["teacher_acc"] for r in records if "teacher_acc" in r), None)  # the epoch-0 line
     wall, epochs = 0.0, []
     for r in records:
-        if "epoch" not in r:
+        if r.get("epoch", 0) < 1:
             continue
         wall += r.get("epoch_s", 0.0)
         epochs.append({"epoch": r["epoch"], "acc": r.get("acc"), "epoch_s": r.get("epoch_s"), "wall_s": wall,
                        "images_per_s": r.get("images_per_s")})
-    return {"teacher_acc": head.get("teacher_acc"), "epochs": epochs}
+    return {"teacher_acc": teacher, "epochs": epochs}
 
 
 def _png(path: Path, pixels: list[bytearray], width: int, height: int) -> None:
@@ -42,7 +42,8 @@ def _png(path: Path, pixels: list[bytearray], width: int, height: int) -> None:
                      + chunk(b"IEND", b""))
 
 
-def _raster_plot(path: Path, xs: list[float], ys: list[float], width: int = 640, height: int = 400) -> None:
+def _raster_plot(path: Path, xs: list[float], ys: list[float], teacher: float | None = None, width: int = 640,
+                 height: int = 400) -> None:
     pixels = [bytearray(b"\xff" * (3 * width)) for _ in range(height)]
     margin, x_max = 20, max(max(xs, default=1.0), 1e-9)
 
@@ -62,6 +63,11 @@ def _raster_plot(path: Path, xs: list[float], ys: list[float], width: int = 640,
         px, _ = to_px(sec, 0)
         for py in range(margin, height - margin + 1):
             put(px, py, (0, 0, 0) if sec == 0 else (210, 210, 210))
+    if teacher is not None:  # the teacher's accuracy, dashed
+        _, py = to_px(0, teacher)
+        for px in range(margin, width - margin + 1):
+            if (px // 6) % 2 == 0:
+                put(px, py, (90, 90, 90))
     points = [to_px(x, y) for x, y in zip(xs, ys)]
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         steps = max(abs(x1 - x0), abs(y1 - y0), 1)
@@ -75,7 +81,8 @@ def _raster_plot(path: Path, xs: list[float], ys: list[float], width: int = 640,
 
 
 def plot(data: dict, path: Path, title: str) -> None:
-    points = [(e["wall_s"], 100 * e["acc"]) for e in data["epochs"] if e["acc"] is not None]
+    points = [(0.0, 100.0 / data["classes"])] if data.get("classes") else []  # an untrained student: chance
+    points += [(e["wall_s"], 100 * e["acc"]) for e in data["epochs"] if e["acc"] is not None]
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     try:
         import matplotlib
@@ -83,13 +90,14 @@ def plot(data: dict, path: Path, title: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        _raster_plot(path, xs, ys)
+        _raster_plot(path, xs, ys, None if data.get("teacher_acc") is None else 100 * data["teacher_acc"])
         return
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     ax.plot(xs, ys, "o-", label="student (ResNet-20)")
     if data.get("teacher_acc") is not None:
         ax.axhline(100 * data["teacher_acc"], color="grey", ls="--", label="teacher (ResNet-56)")
-    ax.set(xlabel="training time (s)", ylabel="CIFAR-10 test accuracy (%)", title=title, ylim=(0, 100))
+    ax.set(xlabel="training time (s)", ylabel="CIFAR-10 test accuracy (%)", title=title, ylim=(0, 100),
+           xlim=(0, max(xs, default=1.0) * 1.05 or 1.0))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="CPSC-DFKD, CIFAR-10, ResNet-56 -> ResNet-20")
     parser.add_argument("--extra", default="{}", help="JSON object merged into the output (command, device, ...)")
     args = parser.parse_args(argv)
-    data = {**curve(args.metrics), **json.loads(args.extra)}
+    data = {"classes": 10, **curve(args.metrics), **json.loads(args.extra)}
     args.prefix.parent.mkdir(parents=True, exist_ok=True)
     args.prefix.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
     plot(data, args.prefix.with_suffix(".png"), args.title)
