@@ -37,6 +37,16 @@ NOTES = {"fused": "the trainer's defaults (fused ops; bf16 autocast and channels
 _trainers: dict[tuple, CPSCTrainer] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_cudnn_flags():
+    """Each trainer sets cuDNN's benchmark / deterministic flags (upstream: deterministic); the later suites get
+    the flags they started with back."""
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
+    _trainers.clear()
+
+
 def trainer_for(pair, impl: str) -> CPSCTrainer:
     key = (pair, impl)
     if key not in _trainers:

@@ -6,7 +6,7 @@
 #   bash bench/gpu_session.sh --dry [BUDGET_S]      # the rehearsal on a CPU machine; default 150
 #
 # Every stage runs under `timeout`, capped by what is left of the budget, and writes its log / JSON / XML into $OUT
-# (default ./gpu_out) as it finishes, so a timeout still returns everything done before it; $OUT/summary.txt has one
+# (default ./runs/gpu_session) as it finishes, so a timeout still returns everything done before it; $OUT/summary.txt has one
 # line per stage (ok / rc N / timeout / skipped) and the wall seconds; the exit status is 1 when a stage failed.
 #   1 build     dfkd_fast._C in place with CUDA for sm_90 only (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0), unless the
 #               present one has CUDA; then `dfkd-fast env` (env.log)
@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 DRY=0
 if [ "${1:-}" = "--dry" ]; then DRY=1; shift; fi
 BUDGET=${1:-$([ "$DRY" = 1 ] && echo 150 || echo 480)}
-OUT=${OUT:-$PWD/gpu_out}
+OUT=${OUT:-$PWD/runs/gpu_session}
 PY=${PYTHON:-python3}
 RESERVE=${RESERVE_S:-10}                                  # kept at the end for the report
 CIFAR_MIN=${CIFAR_MIN_S:-$([ "$DRY" = 1 ] && echo 20 || echo 120)}
@@ -105,18 +105,25 @@ SAN_TESTS=(tests/test_binary_concrete_fused.py -m cuda -x -q -p no:cacheprovider
 if [ "$DRY" = 1 ] || ! command -v compute-sanitizer >/dev/null; then
   note "sanitize: skipped ($([ "$DRY" = 1 ] && echo "dry run" || echo "no compute-sanitizer on this machine"))"
 else
-  stage sanitize_memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
-    "$PY" -m pytest "${SAN_TESTS[@]}"
+  # without PyTorch's caching allocator, so that memcheck sees every tensor's own allocation bounds
+  stage sanitize_memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+    --error-exitcode 1 --print-limit 20 "$PY" -m pytest "${SAN_TESTS[@]}"
   if grep -qE '__shared__|cub::|BlockReduce|BlockScan' csrc/cuda/*.cu; then
-    stage sanitize_racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 1 --print-limit 20 \
-      "$PY" -m pytest "${SAN_TESTS[@]}"
+    stage sanitize_racecheck 45 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck \
+      --error-exitcode 1 --print-limit 20 "$PY" -m pytest "${SAN_TESTS[@]}"
   else
     note "sanitize_racecheck: skipped (csrc/cuda uses no shared memory)"
   fi
 fi
 
 # ---------------------------------------------------------------------------------------------------- 4 bench
-if [ "$DRY" = 1 ]; then BENCH=(bench/bench_supcon.py bench/bench_cond_norm.py); else BENCH=(bench); fi
+if [ "$DRY" = 1 ]; then
+  BENCH=(bench/bench_supcon.py bench/bench_cond_norm.py)
+else  # pytest keeps this order: the issue's priority, then any other suite
+  BENCH=(bench/bench_supcon.py bench/bench_cond_norm.py bench/bench_bn_stats.py bench/bench_binary_concrete.py
+    bench/bench_cpsc.py bench/bench_acgkd.py)
+  for f in bench/bench_*.py; do [[ " ${BENCH[*]} " == *" $f "* ]] || BENCH+=("$f"); done
+fi
 BC_KEY="64x1024x1024"  # Binary Concrete's key shape, selected by name (bench_binary_concrete.py has no key marker)
 report() {  # the tables of every benchmark JSON so far (none yet: nothing to do)
   local files=("$OUT"/bench_*.json)
