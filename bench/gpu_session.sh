@@ -14,7 +14,8 @@
 #   3 sanitize  compute-sanitizer memcheck (and racecheck when csrc/cuda uses shared memory) on a few seconds of the
 #               CUDA Binary Concrete tests, when the machine has compute-sanitizer
 #   4 bench     GPU sizes: the key cases (-m key; Binary Concrete 64x1024x1024) without torch.compile, then the other
-#               cases, then torch.compile of the key cases; bench_*.json, and table.md from bench/report.py
+#               cases, then torch.compile of the key cases; bench_*.json, and table.md from bench/report.py; between
+#               the key cases and the rest, bench/profile_steps.py (the fused ops' kernels, the trainer steps)
 #   5 cifar     with the time left (at least CIFAR_MIN_S is kept for it): CIFAR-10 ResNet-56 -> ResNet-20 CPSC-DFKD
 #               on .gpu/data, accuracy and wall time per epoch: cifar10_resnet56_resnet20.{json,png}
 # GPU_DATA=DIR: the data folder of the CIFAR run (default .gpu/data, else ../shared/data).
@@ -138,6 +139,12 @@ bench() {  # bench NAME CAP_S PYTEST-SELECTION...
 }
 bench bench_key 180 -m key -k "not compile"
 [ "$DRY" = 1 ] || bench bench_key_bc 90 -m "not key" -k "$BC_KEY and not compile"
+# torch.profiler evidence for the roofline targets: the fused ops at their key sizes, then the trainer steps
+if [ "$DRY" = 1 ]; then
+  stage profile 30 "$PY" bench/profile_steps.py --only acgkd --steps 1 --rows 10
+else
+  stage profile 90 "$PY" bench/profile_steps.py --steps 3 --rows 15
+fi
 [ "$DRY" = 1 ] && EXTRA=(-k "not compile") || EXTRA=(-k "not $BC_KEY or compile")
 bench bench_rest $(($(left) - CIFAR_MIN - RESERVE)) -m "not key" "${EXTRA[@]}"
 [ "$DRY" = 1 ] || bench bench_key_compile $(($(left) - CIFAR_MIN - RESERVE)) -m key -k compile
