@@ -42,7 +42,8 @@ mkdir -p "$OUT"
 START=$SECONDS
 FAILED=0
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-[ -e dfkd_fast/kernels ] || ln -s ../kernels dfkd_fast/kernels   # the Triton sources, as the install maps them
+# the Triton sources, mapped to dfkd_fast.kernels by an install; a bare copy of the tree needs the link
+[ -e dfkd_fast/kernels ] || "$PY" -c 'import dfkd_fast.kernels' 2>/dev/null || ln -s ../kernels dfkd_fast/kernels
 left() { echo $((BUDGET - (SECONDS - START))); }
 note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 

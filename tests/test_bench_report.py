@@ -91,3 +91,38 @@ def test_readme_rewrite_and_check(tmp_path, capsys):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="bench:begin"):
         report.main([str(json_path), "--readme", str(readme)])
+
+
+class _FakeBenchmark:
+    """What time_op uses of pytest-benchmark's fixture, as under --benchmark-disable (one call, no stats)."""
+
+    disabled = True
+    stats = None
+
+    def __init__(self):
+        self.extra_info, self.calls = {}, 0
+
+    def pedantic(self, fn, rounds, warmup_rounds, iterations):
+        self.calls += 1
+        fn()
+
+
+def test_time_op_records_the_impl_keys_the_report_reads():
+    import torch
+
+    from bench.conftest import time_op
+
+    bench = _FakeBenchmark()
+    x = torch.randn(4, 3, requires_grad=True)
+    time_op(bench, lambda t: (t * t).sum(), [x], "fwd+bwd", op="square", impl="naive_torch", impl_note="t * t",
+            shape=x.shape)
+    info = bench.extra_info
+    assert bench.calls == 1
+    assert (info["op"], info["impl"], info["provider"], info["mode"], info["impl_note"]) == (
+        "square", "naive_torch", "naive_torch", "fwd+bwd", "t * t")
+    assert info["shape"] == [4, 3] and info["dtype"] == "float32" and info["device"] == "cpu"
+    old = _FakeBenchmark()
+    time_op(old, lambda t: t.sum(), [x], "fwd", op="square", provider="eager", shape=x.shape)  # the older keyword
+    assert old.extra_info["impl"] == "eager"
+    with pytest.raises(ValueError, match="impl"):
+        time_op(_FakeBenchmark(), lambda t: t.sum(), [x], "fwd", op="square", shape=x.shape)
