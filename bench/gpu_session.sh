@@ -13,9 +13,9 @@
 #   2 tests     the CUDA-marked tests, then the fused-op test files, -n 8: tests_*.xml (junit) + tests_*.log (-rA)
 #   3 sanitize  compute-sanitizer memcheck (and racecheck when csrc/cuda uses shared memory) on a few seconds of the
 #               CUDA Binary Concrete tests, when the machine has compute-sanitizer
-#   4 bench     GPU sizes: the key cases (-m key; Binary Concrete 64x1024x1024) without torch.compile, then the other
-#               cases, then torch.compile of the key cases; bench_*.json, and table.md from bench/report.py; between
-#               the key cases and the rest, bench/profile_steps.py (the fused ops' kernels, the trainer steps)
+#   4 bench     GPU sizes: the key cases (-m key; Binary Concrete 64x1024x1024) without torch.compile, a
+#               bench/profile_steps.py summary (the fused ops' kernels, the trainer steps), torch.compile of the key
+#               cases (at most 120 s), then the other cases; bench_*.json, and table.md from bench/report.py
 #   5 cifar     with the time left (at least CIFAR_MIN_S is kept for it): CIFAR-10 ResNet-56 -> ResNet-20 CPSC-DFKD
 #               on .gpu/data, accuracy and wall time per epoch: cifar10_resnet56_resnet20.{json,png}
 # GPU_DATA=DIR: the data folder of the CIFAR run (default .gpu/data, else ../shared/data).
@@ -147,8 +147,10 @@ else
   stage profile 90 "$PY" bench/profile_steps.py --steps 3 --rows 15
 fi
 [ "$DRY" = 1 ] && EXTRA=(-k "not compile") || EXTRA=(-k "not $BC_KEY or compile")
+cap=$(($(left) - CIFAR_MIN - RESERVE))  # what the benchmarks may use before the CIFAR run
+((cap > 120)) && cap=120
+[ "$DRY" = 1 ] || bench bench_key_compile $cap -m key -k compile
 bench bench_rest $(($(left) - CIFAR_MIN - RESERVE)) -m "not key" "${EXTRA[@]}"
-[ "$DRY" = 1 ] || bench bench_key_compile $(($(left) - CIFAR_MIN - RESERVE)) -m key -k compile
 [ -s "$OUT/table.md" ] && note "table: $OUT/table.md ($(grep -c '^| ' "$OUT/table.md") rows)"
 
 # ---------------------------------------------------------------------------------------------------- 5 cifar
