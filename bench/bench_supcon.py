@@ -9,7 +9,7 @@ N contrast rows. Work: forward 2 N^2 D FLOPs, backward about 6 N^2 D (the flash-
 recomputed once, then dL/da and dL/dc; the kernel recomputes the logits in both of its passes, 8 N^2 D in all).
 
     pytest bench/bench_supcon.py --benchmark-autosave          # on a GPU: N in {512, 2048, 16384, 65536}
-    pytest bench/bench_supcon.py --benchmark-disable           # on a CPU: one small size, eager and compile only
+    pytest bench/bench_supcon.py --benchmark-disable           # on a CPU: one small size, no fused case
 
 The eager reference, its compiled twin and both baselines hold several N x N matrices: they are skipped at N = 65536,
 where one fp32 such matrix alone is 17 GB.
@@ -17,10 +17,10 @@ where one fp32 such matrix alone is 17 GB.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
-
-import functools
 
 from bench.conftest import DEVICE, MODES, ON_GPU, PROVIDERS, key_on_gpu, provider_fn, skip_unless_runnable, time_op
 from dfkd_fast.ops.supcon import supcon_loss

@@ -3,10 +3,10 @@
     python bench/cifar_curve.py RUN_DIR/metrics.jsonl OUT/cifar10_resnet56_resnet20 [--title TEXT]
 
 Reads what the trainer logged after every epoch (also from a run cut short by a timeout: each line is complete when
-written). JSON: the teacher's accuracy, then per epoch the student's test accuracy (the curve starts at chance, 0 s), the epoch's training seconds and
-the cumulative training seconds (evaluation time excluded). PNG: accuracy (%) against cumulative seconds, drawn with
-matplotlib when it is installed, else with a small built-in rasteriser (a grey line every 10 % and every 30 s, the
-teacher dashed; no text), because the GPU machine's python has no plotting library.
+written). JSON: the teacher's accuracy, then per epoch the student's test accuracy, the epoch's training seconds and
+the cumulative training seconds (evaluation time excluded). PNG: accuracy (%) against cumulative seconds, from chance
+at 0 s, drawn with matplotlib when it is installed, else with a small built-in rasteriser (a grey line every 10 % and
+every 30 s, the teacher dashed; no text), because the GPU machine's python may have no plotting library.
 """
 
 from __future__ import annotations

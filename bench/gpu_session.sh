@@ -6,8 +6,9 @@
 #   bash bench/gpu_session.sh --dry [BUDGET_S]      # the rehearsal on a CPU machine; default 150
 #
 # Every stage runs under `timeout`, capped by what is left of the budget, and writes its log / JSON / XML into $OUT
-# (default ./runs/gpu_session) as it finishes, so a timeout still returns everything done before it; $OUT/summary.txt has one
-# line per stage (ok / rc N / timeout / skipped) and the wall seconds; the exit status is 1 when a stage failed.
+# (default ./runs/gpu_session) as it finishes, so a timeout still returns everything done before it;
+# $OUT/summary.txt has one line per stage (ok / rc N / timeout / skipped) and the wall seconds; the exit status is
+# 1 when a stage failed.
 #   1 build     dfkd_fast._C in place with CUDA for sm_90 only (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0), unless the
 #               present one has CUDA; then `dfkd-fast env` (env.log)
 #   2 tests     the CUDA-marked tests, then the fused-op test files, -n 8: tests_*.xml (junit) + tests_*.log (-rA)
@@ -24,7 +25,8 @@
 # benchmarks of SupCon and the conditional BN without compile, and the CIFAR example's --smoke steps.
 #
 # Afterwards commit $OUT's JSON, XML and logs under bench/results/h200/ with this command line (COMMIT=<hash> in front
-# of it is recorded in versions.txt), and regenerate the tables: `python bench/report.py bench/results/h200/bench_*.json`.
+# of it is recorded in versions.txt), and regenerate the tables:
+#   python bench/report.py bench/results/h200/bench_*.json
 # The machine's python3 is used (PYTHON=... to change it); packages it lacks (mlxtend, pytorch-metric-learning) make
 # their tests and benchmark cases skip.
 set -uo pipefail
@@ -130,7 +132,8 @@ BC_KEY="64x1024x1024"  # Binary Concrete's key shape, selected by name (bench_bi
 report() {  # the tables of every benchmark JSON so far (none yet: nothing to do)
   local files=("$OUT"/bench_*.json)
   [ -e "${files[0]}" ] || return 0
-  "$PY" bench/report.py "${files[@]}" >"$OUT/table.md.tmp" 2>>"$OUT/report.log" && mv "$OUT/table.md.tmp" "$OUT/table.md"
+  "$PY" bench/report.py "${files[@]}" >"$OUT/table.md.tmp" 2>>"$OUT/report.log" &&
+    mv "$OUT/table.md.tmp" "$OUT/table.md"
 }
 bench() {  # bench NAME CAP_S PYTEST-SELECTION...
   local name=$1 cap=$2
@@ -166,7 +169,8 @@ stage cifar $(($(left) - RESERVE)) "$PY" examples/cifar10_resnet.py --data-root 
   "${CIFAR[@]}"
 if [ -s "$OUT/cifar_run/metrics.jsonl" ]; then
   "$PY" bench/cifar_curve.py "$OUT/cifar_run/metrics.jsonl" "$OUT/cifar10_resnet56_resnet20" \
-    --extra "{\"command\": \"examples/cifar10_resnet.py ${CIFAR[*]}\", \"data\": \"$DATA\"}" 2>&1 | tee -a "$OUT/cifar.log"
+    --extra "{\"command\": \"examples/cifar10_resnet.py ${CIFAR[*]}\", \"data\": \"$DATA\"}" 2>&1 |
+    tee -a "$OUT/cifar.log"
   find "$OUT/cifar_run" \( -name '*.pt' -o -name '*.pth' \) -delete  # the models stay here; $OUT returns the curve
 fi
 

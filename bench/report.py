@@ -87,8 +87,8 @@ def op_table(op: str, device: str, rows: list[dict]) -> str:
         cells[(tuple(r.get("shape", ())), r.get("dtype") or "-", r.get("mode", "-"))][r["impl"]] = r
     head = ["shape", "dtype", "mode", *(f"{i} ms" for i in impls), *(f"{subject} vs {i}" for i in others),
             f"{subject} throughput", "% roofline"]
-    caveat = "" if subject == "fused" or not others else (
-        f" (no `fused` timing in this record: the Triton kernels are timed on a GPU only; the ratios are `{subject}`'s)")
+    caveat = "" if subject == "fused" or not others else (" (no `fused` timing in this record: the Triton kernels "
+                                                          f"are timed on a GPU only; the ratios are `{subject}`'s)")
     lines = [f"**{op}** on {device}{caveat}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(cells, key=_row_key):
         by = cells[key]
