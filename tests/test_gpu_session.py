@@ -41,3 +41,27 @@ def test_dry_rehearsal_runs_every_stage(tmp_path, shared_data):
     assert curve["teacher_acc"] > 0.5 and curve["epochs"] and curve["epochs"][-1]["acc"] is not None
     assert (tmp_path / "cifar10_resnet56_resnet20.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "cifar_run").glob("**/*.pt"))  # $OUT carries the curve, not the models
+
+
+def test_cifar_curve_without_matplotlib(tmp_path, monkeypatch):
+    """The GPU machine's python may lack matplotlib: the curve is then drawn by the built-in PNG rasteriser."""
+    import zlib
+
+    from bench import cifar_curve
+
+    lines = [{"epoch": 0, "teacher_acc": 0.93}, {"epoch": 1, "epoch_s": 20.0, "acc": 0.3},
+             {"epoch": 2, "epoch_s": 25.0, "acc": 0.5}, {"epoch": 3, "epoch_s": 22.0}]  # the last one not evaluated
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert cifar_curve.main([str(metrics), str(tmp_path / "cifar_curve")]) == 0
+    data = json.loads((tmp_path / "cifar_curve.json").read_text())
+    assert data["teacher_acc"] == 0.93 and [e["wall_s"] for e in data["epochs"]] == [20.0, 45.0, 67.0]
+    assert [e["acc"] for e in data["epochs"]] == [0.3, 0.5, None]
+    png = (tmp_path / "cifar_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    idat = png.index(b"IDAT")
+    raw = zlib.decompress(png[idat + 4:idat + 4 + int.from_bytes(png[idat - 4:idat], "big")])
+    assert len(raw) == height * (1 + 3 * width)  # one filter byte and RGB pixels per row
+    assert b"\x1f\x77\xb4" in raw and b"\xd6\x27\x28" in raw  # the curve (blue) and its points (red) were drawn
