@@ -11,6 +11,7 @@ loss, ``upstream``: the upstream-style module or step, ...), with a one-line ``i
     pytest bench/ --benchmark-autosave       # record (GPU results go under bench/results/<gpu>/)
     pytest bench/ --benchmark-compare        # compare with the last record
     pytest bench/ --benchmark-disable        # run every case once, as a test (CPU sizes on CPU)
+    pytest bench/ -m key                     # on a GPU: the key cases of notes/kernels.md section 7 only
 
 On a CPU the suites run at CPU sizes and the Triton cases skip (the interpreter is not a performance path).
 """
