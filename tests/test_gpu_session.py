@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_dry_rehearsal_runs_every_stage(tmp_path, shared_data):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}  # a fresh pytest inside
     env.update(OUT=str(tmp_path), PYTHON=sys.executable, GPU_DATA=shared_data)
-    proc = subprocess.run(["bash", "bench/gpu_session.sh", "--dry", "200"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=400)
+    proc = subprocess.run(["bash", "bench/gpu_session.sh", "--dry", "300"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=500)
     summary = (tmp_path / "summary.txt").read_text()
     assert proc.returncode == 0, f"{summary}\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
     lines = dict(line.split(": ", 1) for line in summary.splitlines() if ": " in line)
