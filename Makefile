@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install build bench clean
+.PHONY: demo test install build bench bench-record-cpu gpu-data clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ test: build
 
 bench: build
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest bench --benchmark-autosave $(PYTEST_ARGS)
+
+# The CPU record bench/results/cpu/bench.json (every case, one thread; about 2 min on the 2-core VM) and the README
+# tables generated from it.
+bench-record-cpu: build
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest bench -q -p no:cacheprovider \
+		--benchmark-json bench/results/cpu/bench.json
+	$(BIN)/python bench/report.py bench/results/cpu/bench.json --readme README.md
+
+# The git-ignored .gpu/ folder that bench/gpu_session.sh reads on a lent GPU machine.
+gpu-data:
+	bash bench/prepare_gpu_data.sh
 
 clean:
 	rm -rf build dfkd_fast/_C*.so *.egg-info

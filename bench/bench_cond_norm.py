@@ -1,5 +1,7 @@
 """Class-conditional batch norm (train mode, batch statistics, running-statistics update): fused Triton kernels vs
-the eager reference vs ``torch.compile(reference)``, forward, backward and both.
+the eager reference vs ``torch.compile(reference)`` vs ``upstream``, CPSC-DFKD's module (``BatchNorm2d(C, eps=1e-3,
+affine=False)`` then per-sample gamma / beta from two ``nn.Embedding(num_classes, C)`` tables; its value is checked
+against ours once per case), forward, backward and both.
 
 Bytes are the fused kernels' traffic, the floor for any implementation: forward 3 passes over x (x read for the
 statistics, x read and y written by the normalisation), backward 5 (x and dy read for the per-sample sums, x and dy
@@ -19,13 +21,33 @@ import math
 import pytest
 import torch
 
-from bench.conftest import DEVICE, MODES, ON_GPU, PROVIDERS, provider_fn, skip_unless_runnable, time_op
+from torch import nn
+
+from bench.conftest import DEVICE, MODES, ON_GPU, PROVIDERS, key_on_gpu, provider_fn, skip_unless_runnable, time_op
 from dfkd_fast import class_conditional_batch_norm
 from dfkd_fast.reference.cond_norm import class_conditional_batch_norm_reference
 
 NUM_CLASSES = 100  # CIFAR-100
-SHAPES = [(256, 128, 32, 32), (512, 128, 8, 8), (512, 64, 32, 32)] if ON_GPU else [(16, 32, 8, 8)]
-DTYPES = [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32]
+if ON_GPU:  # the key case (notes/kernels.md section 7) first: bench/gpu_session.sh runs `-m key` before the rest
+    CASES = [key_on_gpu((256, 128, 32, 32), torch.bfloat16), ((256, 128, 32, 32), torch.float32)] + [
+        (s, dt) for s in ((512, 128, 8, 8), (512, 64, 32, 32)) for dt in (torch.float32, torch.bfloat16)]
+else:
+    CASES = [((16, 32, 8, 8), torch.float32)]
+UPSTREAM = "CPSC-DFKD's module: nn.BatchNorm2d(C, eps=1e-3, affine=False), then nn.Embedding gamma / beta"
+
+
+class UpstreamCBN(nn.Module):
+    """CPSC-DFKD's CategoricalConditionalBatchNorm2d: class-agnostic BN, then a per-sample affine from embeddings."""
+
+    def __init__(self, num_classes: int, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, eps=1e-3, momentum=0.1, affine=False)
+        self.gamma = nn.Embedding(num_classes, channels)
+        self.beta = nn.Embedding(num_classes, channels)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = self.bn(x)
+        return self.gamma(labels)[:, :, None, None] * out + self.beta(labels)[:, :, None, None]
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,19 +70,31 @@ def _case(shape: tuple[int, ...], dtype: torch.dtype):
     def reference(x, weight, bias):
         return class_conditional_batch_norm_reference(x, labels, weight, bias, running_mean, running_var, True)
 
-    return (x, weight, bias), fused, reference
+    # the upstream module, holding the same tables (its BN keeps float32 running statistics, as under autocast)
+    module = UpstreamCBN(NUM_CLASSES, channels).to(DEVICE)
+    module.gamma.weight.data, module.beta.weight.data = weight.detach().clone(), bias.detach().clone()
+    module_inputs = (x, module.gamma.weight, module.beta.weight)
+
+    def upstream(x, gamma, beta):  # gamma / beta are the module's own parameters, listed for the gradients
+        return module(x, labels)
+
+    if dtype == torch.float32:
+        torch.testing.assert_close(upstream(*module_inputs), reference(x, weight, bias), rtol=1e-4, atol=1e-4)
+    return {"fused": ((x, weight, bias), fused), "eager": ((x, weight, bias), reference),
+            "compile": ((x, weight, bias), provider_fn("compile", fused, reference)),
+            "upstream": (module_inputs, upstream)}
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("impl", [*PROVIDERS, "upstream"])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_cond_norm(benchmark, shape, dtype, mode, provider):
-    skip_unless_runnable(provider)
-    inputs, fused, reference = _case(shape, dtype)
+@pytest.mark.parametrize("shape,dtype", CASES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple)
+                         else str(v).replace("torch.", ""))
+def test_cond_norm(benchmark, shape, dtype, mode, impl):
+    skip_unless_runnable(impl)
+    inputs, fn = _case(shape, dtype)[impl]
     tensor_bytes = math.prod(shape) * torch.finfo(dtype).bits // 8
     time_op(
-        benchmark, provider_fn(provider, fused, reference), inputs, mode,
-        op="cond_norm", provider=provider, shape=shape,
+        benchmark, fn, inputs, mode,
+        op="cond_norm", impl=impl, impl_note=UPSTREAM if impl == "upstream" else None, shape=shape,
         bytes_moved={"fwd": 3 * tensor_bytes, "bwd": 5 * tensor_bytes},
     )

@@ -1,12 +1,17 @@
 """Shared machinery of the benchmark suites.
 
-Every case times one provider (``fused`` kernel, ``eager`` reference, ``compile`` = ``torch.compile(reference)``)
-in one mode (``fwd``, ``bwd``, ``fwd+bwd``) on the same inputs, and records in ``extra_info``: op, provider, mode,
-device, dtype, shape, peak extra memory, achieved GB/s or TFLOP/s and the percentage of the device's roofline.
+Every case times one implementation (``impl``) of one op in one mode (``fwd``, ``bwd``, ``fwd+bwd``, or ``step`` for
+trainer steps) on the same inputs, and records in ``extra_info``: op, impl, mode, device, dtype, shape, peak extra
+memory, achieved GB/s or TFLOP/s and the percentage of the device's roofline. ``impl`` is one of ours -- ``fused``
+(the kernel), ``eager`` (the project's reference), ``compile`` (``torch.compile(reference)``) -- or the name of a
+*baseline*, what a user would run instead (``pml``: pytorch-metric-learning, ``supcontrast``: the upstream N x N
+loss, ``upstream``: the upstream-style module or step, ...), with a one-line ``impl_note`` saying what it is.
+``bench/report.py`` prints, per op, one ratio column per baseline ("fused vs <impl>"), from any impl names.
 
     pytest bench/ --benchmark-autosave       # record (GPU results go under bench/results/<gpu>/)
     pytest bench/ --benchmark-compare        # compare with the last record
     pytest bench/ --benchmark-disable        # run every case once, as a test (CPU sizes on CPU)
+    pytest bench/ -m key                     # on a GPU: the key cases of notes/kernels.md section 7 only
 
 On a CPU the suites run at CPU sizes and the Triton cases skip (the interpreter is not a performance path).
 """
@@ -15,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from typing import Callable, Sequence
 
 import pytest
 import torch
 
-PROVIDERS = ("fused", "eager", "compile")
+OURS = ("fused", "eager", "compile")  # the project's own implementations; every other impl is a baseline
+PROVIDERS = OURS  # the older name
 MODES = ("fwd", "bwd", "fwd+bwd")
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -31,6 +38,15 @@ PEAKS = {
     "H200": (4.8e12, 989e12, 67e12),
     "A100": (2.0e12, 312e12, 19.5e12),
 }
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "key: a key GPU-size case, run first by bench/gpu_session.sh (-m key)")
+
+
+def key_on_gpu(*values):
+    """A parametrize value marked ``key`` (bench/gpu_session.sh times these first)."""
+    return pytest.param(*values, marks=pytest.mark.key)
 
 
 def device_name() -> str:
@@ -116,8 +132,10 @@ def time_op(
     mode: str,
     *,
     op: str,
-    provider: str,
     shape: Sequence[int],
+    impl: str | None = None,
+    provider: str | None = None,
+    impl_note: str | None = None,
     flops: dict[str, float] | None = None,
     bytes_moved: dict[str, float] | None = None,
     rounds: int | None = None,
@@ -125,10 +143,19 @@ def time_op(
     """Benchmark ``fn(*inputs)`` in ``mode`` and record the shared fields.
 
     ``flops`` / ``bytes_moved`` give the work of "fwd" and "bwd" (fwd+bwd is their sum); throughput and roofline %
-    are computed from the median time.
+    are computed from the median time. ``impl`` names the implementation (``provider`` is its older name);
+    ``impl_note`` says in one line what a baseline is (the report's legend).
     """
+    impl = impl or provider
+    if not impl:
+        raise ValueError("time_op: impl must name the implementation timed")
     step = _make_step(fn, inputs, mode)
     step()  # warm-up (and the compile of the compile provider)
+    if rounds is None and not ON_GPU and not getattr(benchmark, "disabled", False):
+        # small CPU cases: enough rounds for about 0.3 s, so that the median is stable
+        t0 = time.perf_counter()
+        step()
+        rounds = max(3, min(30, int(0.3 / max(time.perf_counter() - t0, 1e-6))))
     peak = None
     if ON_GPU:
         torch.cuda.reset_peak_memory_stats()
@@ -139,9 +166,9 @@ def time_op(
         rounds = 20 if ON_GPU else 3
     benchmark.pedantic(step, rounds=rounds, warmup_rounds=1 if ON_GPU else 0, iterations=1)
     dtype = next((t.dtype for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    record_case(benchmark, op=op, impl=impl, mode=mode, shape=shape, impl_note=impl_note,
+                dtype=str(dtype).replace("torch.", ""), peak_extra_bytes=peak)
     info = benchmark.extra_info
-    info.update(op=op, provider=provider, mode=mode, device=device_name(), dtype=str(dtype).replace("torch.", ""),
-                shape=list(shape), peak_extra_bytes=peak, torch=torch.__version__)
     stats = getattr(benchmark, "stats", None)
     median = stats.stats.median if stats is not None else None
     if not median:
@@ -166,6 +193,16 @@ def time_op(
         if pk:
             peak_flops = pk[1] if dtype in (torch.bfloat16, torch.float16) else pk[2]
             info["pct_peak_flops"] = 100 * f / median / peak_flops
+
+
+def record_case(benchmark, *, op: str, impl: str, mode: str, shape: Sequence[int], impl_note: str | None = None,
+                **extra) -> None:
+    """The keys bench/report.py groups and labels by (``provider`` duplicates ``impl`` for older readers)."""
+    info = benchmark.extra_info
+    info.update(op=op, impl=impl, provider=impl, mode=mode, device=device_name(), shape=list(shape),
+                torch=torch.__version__, **extra)
+    if impl_note:
+        info["impl_note"] = impl_note
 
 
 @contextlib.contextmanager
