@@ -41,6 +41,8 @@ HELP = {
     "ce_on_logits": "fix: cross-entropy on logits (upstream: on softmax probabilities)",
     "generator_optimizer": "fresh_adam = upstream's new Adam per step (a sign update); adam = one persistent Adam",
     "freeze_student_bn_in_G": "fix: generator steps do not move the student's BN running statistics",
+    "warmup_cosine_once": "fix: the first epoch after the warm-up gets the cosine factor once (warmup-scheduler "
+                          ">= 0.3.2) instead of twice (the PyPI 0.3 upstream imports)",
     "fused": "dfkd_fast ops on the default backend (fused kernels on CUDA); --no-fused = reference ops",
     "amp": "autocast: auto = bf16 on CUDA, off on CPU", "channels_last": "channels_last memory format on CUDA",
     "compile": "torch.compile the loss computation of both steps",
