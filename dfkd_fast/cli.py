@@ -1,7 +1,8 @@
 """The ``dfkd-fast`` command.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
-``teacher`` and ``eval`` pick the image or graph module with ``--task``. Problems with the user's input
+``teacher`` and ``eval`` pick the image or graph module with ``--task``. Every multi-word flag is accepted with
+hyphens and with underscores (:mod:`dfkd_fast._cli_args`). Problems with the user's input
 (:class:`dfkd_fast.errors.DfkdError`) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback.
 """
 
@@ -12,6 +13,7 @@ import importlib
 import os
 import sys
 
+from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.errors import DfkdError
 
 # name -> (module, or {task: module}, one-line help)
@@ -52,6 +54,7 @@ def build_parser(name: str | None = None, argv: list[str] | None = None):
             if tasks:
                 p.add_argument("--task", choices=tasks, default="image", help="image or graph classifier")
             module.add_arguments(p)
+            accept_both_spellings(p)  # --batch-size and --batch_size alike, in every subcommand
     return parser, module
 
 

@@ -38,8 +38,8 @@ def run(argv: list[str] | None = None) -> int:
         rc = dfkd_fast(["cpsc", "--out", args.out, "--resume", *extra])
     else:
         ckpt = args.teacher_ckpt or str(Path(args.data_root) / TEACHER)
-        rc = dfkd_fast(["cpsc", "--teacher", "resnet56", "--student", "resnet20", "--dataset", "cifar10",
-                        "--ckpt", ckpt, "--data-root", args.data_root, "--out", args.out,
+        rc = dfkd_fast(["cpsc", "--teacher", ckpt, "--teacher-arch", "resnet56", "--student", "resnet20",
+                        "--dataset", "cifar10", "--data-root", args.data_root, "--out", args.out,
                         *(SMOKE if args.smoke else []), *extra])
     if rc:
         return rc

@@ -50,8 +50,8 @@ def run(argv: list[str] | None = None) -> int:
     if args.resume:
         rc = dfkd_fast(["cpsc", "--out", str(out / "cpsc"), "--resume", "--device", args.device])
     else:
-        rc = dfkd_fast(["cpsc", "--teacher", "lenet5", "--student", "lenet5_half", "--dataset", "mnist",
-                        "--ckpt", str(teacher), "--data-root", args.data_root, "--epochs", str(args.epochs),
+        rc = dfkd_fast(["cpsc", "--teacher", str(teacher), "--student", "lenet5_half", "--dataset", "mnist",
+                        "--data-root", args.data_root, "--epochs", str(args.epochs),
                         "--epoch_itrs", str(args.epoch_itrs), "--batch_size", str(args.batch_size),
                         "--ngf", str(args.ngf), "--warmup_epochs", "2", "--no-loss_IKD", "--sample_every", "5",
                         "--device", args.device, "--out", str(out / "cpsc"), *extra])
