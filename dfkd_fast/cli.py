@@ -3,7 +3,7 @@
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
 ``teacher`` and ``eval`` pick the image or graph module with ``--task``. Every multi-word flag is accepted with
 hyphens and with underscores (:mod:`dfkd_fast._cli_args`). Problems with the user's input
-(:class:`dfkd_fast.errors.DfkdError`) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback.
+(:class:`dfkd_fast.errors.DfkdError`) and a missing optional dependency (named with its extra) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import sys
 
 from dfkd_fast._cli_args import accept_both_spellings
+from dfkd_fast._deps import missing_message
 from dfkd_fast.errors import DfkdError
 
 # name -> (module, or {task: module}, one-line help)
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DFKD_FAST_DEBUG") == "1":
             raise
         print(f"dfkd-fast: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency: name the extra that installs it
+        message = missing_message(exc)
+        if message is None or os.environ.get("DFKD_FAST_DEBUG") == "1":
+            raise
+        print(f"dfkd-fast: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dfkd-fast: interrupted", file=sys.stderr)

