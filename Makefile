@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install build bench clean
+.PHONY: demo test install build bench dist-check clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: build
 
 bench: build
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest bench --benchmark-autosave $(PYTEST_ARGS)
+
+# sdist -> wheel built from it -> fresh venv -> `import dfkd_fast._C` and `dfkd-fast env` elsewhere (.ci/dist-check).
+dist-check: $(STAMP)
+	PY=$(BIN)/python PYTHON=$(PYTHON) .ci/dist-check
 
 clean:
 	rm -rf build dfkd_fast/_C*.so *.egg-info

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.conftest import DEVICE, ON_GPU, time_op
+from bench.conftest import DEVICE, ON_GPU, skip_unless_runnable, time_op
 from dfkd_fast.acgkd import losses
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.trainer import make_trainer
@@ -40,6 +40,7 @@ def _trainer(provider: str, method: str = "acgkd"):
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("provider", ["fused", "eager"])
 def test_acgkd_generation_step(benchmark, provider, mode):
+    skip_unless_runnable(provider, kind="cpp")  # fused = the Binary Concrete kernel of dfkd_fast._C
     trainer = _trainer(provider)
     graphs = trainer.graphs
 
@@ -52,6 +53,7 @@ def test_acgkd_generation_step(benchmark, provider, mode):
 
 @pytest.mark.parametrize("provider", ["fused", "eager"])
 def test_acgkd_kd_step(benchmark, provider):
+    skip_unless_runnable(provider, kind="cpp")
     trainer = _trainer(provider)
     trainer.finish_generation()
     batch = next(iter(trainer.kd_batches()))

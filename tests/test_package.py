@@ -143,3 +143,15 @@ def test_demo_extra_lists_what_the_demo_imports():
     for package, extra in OPTIONAL.values():
         assert any(req.startswith(package) for req in extras[extra]), (package, extra)
         assert any(req.startswith(package) for req in extras["demo"]), package
+
+
+def test_bench_skips_fused_cpp_cases_loudly_without_the_extension(monkeypatch):
+    """`pytest bench/` from a clone without the built extension timed the reference fallback as "fused" (issue 14,
+    item 10): those cases now skip with a reason that says they were not timed."""
+    from bench import conftest as bench_conftest
+
+    monkeypatch.setattr(bench_conftest, "extension_missing", lambda device_type="cpu": "dfkd_fast._C is missing")
+    with pytest.raises(pytest.skip.Exception, match="NOT TIMED: dfkd_fast._C is missing"):
+        bench_conftest.skip_unless_runnable("fused", kind="cpp")
+    bench_conftest.skip_unless_runnable("eager", kind="cpp")  # the references are still timed
+    assert "SKIPPED" in bench_conftest.pytest_report_header(None)[0]
