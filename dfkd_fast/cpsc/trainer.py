@@ -329,7 +329,8 @@ class CPSCTrainer:
 
     @torch.no_grad()
     def sample_grid(self, path: str | Path) -> None:
-        """A PNG of generated images, one row per class (eval mode: the generator's running statistics), from a
+        """A PNG of generated images, one row per class labelled ``y=<class>`` (with 64+ classes, rows of 10
+        consecutive classes, labelled ``y=first-last``; eval mode: the generator's running statistics), from a
         fixed z so that successive grids show the same samples evolving; the training RNG is not touched."""
         per_class = max(1, min(8, 64 // self.num_classes))
         labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
@@ -338,7 +339,11 @@ class CPSCTrainer:
         self.generator.eval()
         images = self.generator(z, labels)
         self.generator.train()
-        save_image_grid(denormalize(images, *self.norm), path, nrow=per_class if per_class > 1 else 10)
+        nrow = per_class if per_class > 1 else 10
+        ys = labels.tolist()  # each row's condition label(s), written in the left margin
+        names = [f"y={ys[i]}" if per_class > 1 else f"y={ys[i]}-{ys[min(i + nrow, len(ys)) - 1]}"
+                 for i in range(0, len(ys), nrow)]
+        save_image_grid(denormalize(images, *self.norm), path, nrow=nrow, row_labels=names)
 
     def fit(self) -> dict:
         """Train from the current epoch to ``epochs``: evaluate, log metrics, save grids, checkpoints and the best
