@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.cli import main as dfkd_fast
 
 TEACHER = "teachers/akamaster_pytorch_resnet_cifar10/resnet56-4bfd9763.th"
@@ -32,7 +33,7 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/examples/cifar10")
     p.add_argument("--smoke", action="store_true", help="a few tiny steps (CPU smoke test)")
     p.add_argument("--resume", action="store_true")
-    args, extra = p.parse_known_args(argv)
+    args, extra = accept_both_spellings(p).parse_known_args(argv)
     start = time.perf_counter()
     if args.resume:
         rc = dfkd_fast(["cpsc", "--out", args.out, "--resume", *extra])

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.cli import main as dfkd_fast
 
 
@@ -34,7 +35,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ngf", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue the distillation run in --out")
-    return p.parse_known_args(argv)
+    return accept_both_spellings(p).parse_known_args(argv)
 
 
 def run(argv: list[str] | None = None) -> int:
