@@ -30,6 +30,7 @@ import re
 import shlex
 import subprocess
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,13 @@ for _b in BLOCKS:
 
 
 def _exec(code: str, first_line: int, namespace: dict) -> None:
-    exec(compile("\n" * (first_line - 1) + code, str(README), "exec"), namespace)
+    try:
+        exec(compile("\n" * (first_line - 1) + code, str(README), "exec"), namespace)
+    except Exception as exc:  # name the README line in the failure, not only in the traceback
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(README)]
+        line = frames[-1].lineno if frames else getattr(exc, "lineno", first_line)
+        pytest.fail(f"README.md:{line}: {type(exc).__name__}: {exc}\n"
+                    + "".join(traceback.format_exception(exc)[-6:]))
 
 
 def run_python_block(block: Block, namespace: dict) -> None:
