@@ -3,7 +3,8 @@
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
 ``teacher`` and ``eval`` pick the image or graph module with ``--task``. Every multi-word flag is accepted with
 hyphens and with underscores (:mod:`dfkd_fast._cli_args`). Problems with the user's input
-(:class:`dfkd_fast.errors.DfkdError`) and a missing optional dependency (named with its extra) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback.
+(:class:`dfkd_fast.errors.DfkdError`) and a missing optional dependency (named with its extra) are printed as one
+line; ``DFKD_FAST_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 How the README is read (edit README.md freely; this file only needs a change for a new kind of command):
 
 * Fenced ```` ```python ```` blocks run with ``exec``, in order, in one namespace per README section (``##``
-  heading: a reader runs them in one session), from a temporary directory. Tracebacks carry README.md line numbers. ``PY_INSERT`` below adds
-  setup code (e.g. the undefined ``anchors`` of an illustrative line) just before the line that contains its key;
-  ``PY_SUBST`` shrinks sizes. A key that is no longer in the README fails the test, naming it.
+  heading: a reader runs them in one session), from a temporary directory. Tracebacks carry README.md line
+  numbers. ``PY_INSERT`` below adds setup code (e.g. the undefined ``anchors`` of an illustrative line) just
+  before the line that contains its key; ``PY_SUBST`` shrinks sizes. A key that is no longer in the README fails
+  the test, naming it.
 * Fenced ```` ```bash ```` blocks run line by line (``\\`` continuations joined, ``#`` comments dropped) in one
   temporary directory per block, so later lines see the files of earlier ones (``runs/...``):
   ``dfkd-fast ...`` runs in-process with the tiny flags of ``TINY`` appended (argparse: the last value wins);

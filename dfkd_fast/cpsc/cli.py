@@ -1,12 +1,13 @@
 """``dfkd-fast cpsc``: distil a classifier with CPSC-DFKD, without training data.
 
 Flag names follow the upstream script (``--student --dataset --batch_size --epochs --epoch_itrs --G_steps --S_steps
---lr_G --lr_S --co_alpha --co_beta --co_gamma --co_eta --temp``; ``--batch-size`` etc. work too). ``--teacher`` is the
-teacher *checkpoint*, as in ``dfkd-fast acgkd``; its model name comes from the checkpoint (dfkd-fast checkpoints
-record it) or from ``--teacher-arch`` (CMI / akamaster / raw state_dicts). Upstream's ``--teacher MODEL --ckpt PATH``
-still works, with a deprecation line. The defaults are the paper's recipe (every term on, README weights). ``num_classes`` comes from the dataset. The run
-directory (``--out``) gets config.json, metrics.jsonl, a resumable checkpoint per epoch, sample grids and the
-best/final student in the CMI layout; ``--resume`` continues a stopped run bit for bit.
+--lr_G --lr_S --co_alpha --co_beta --co_gamma --co_eta --temp``; ``--batch-size`` etc. work too). ``--teacher`` is
+the teacher *checkpoint*, as in ``dfkd-fast acgkd``; its model name comes from the checkpoint (dfkd-fast checkpoints
+record it) or from ``--teacher-arch`` (CMI / akamaster / raw state_dicts). Upstream's ``--teacher MODEL --ckpt
+PATH`` still works, with a deprecation line. The defaults are the paper's recipe (every term on, README weights).
+``num_classes`` comes from the dataset. The run directory (``--out``) gets config.json, metrics.jsonl, a resumable
+checkpoint per epoch, sample grids and the best/final student in the CMI layout; ``--resume`` continues a stopped
+run bit for bit.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m dfkd_fast.cli cpsc ...`` (``--batch_size`` is per process).
 """
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = field.default
         help_text = f"{HELP.get(field.name, '')} (default: {default})".strip()
         if field.name == "teacher":  # the model name; --teacher itself is the checkpoint (one meaning everywhere)
-            parser.add_argument("--teacher-arch", dest="teacher", default=None, help=HELP["teacher"])
+            parser.add_argument("--teacher-arch", dest="teacher", metavar="MODEL", default=None, help=HELP["teacher"])
         elif isinstance(default, bool):
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
