@@ -117,7 +117,10 @@ def test_cpsc_teacher_model_name_without_checkpoint_explains(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_acgkd_teacher_accepts_ckpt_too():
-    parser, _ = cli.build_parser("acgkd", [])
-    assert parser.parse_args(["acgkd", "--teacher", "t.pt"]).teacher == "t.pt"
-    assert parser.parse_args(["acgkd", "--ckpt", "t.pt"]).teacher == "t.pt"
+def test_every_command_reading_a_checkpoint_takes_ckpt_and_checkpoint():
+    for name, argv, dest in [("acgkd", [], "teacher"), ("cpsc", [], "ckpt")]:
+        parser, _ = cli.build_parser(name, argv)
+        for flag in ("--ckpt", "--checkpoint"):
+            assert getattr(parser.parse_args([name, flag, "t.pt"]), dest) == "t.pt"
+    acgkd, _ = cli.build_parser("acgkd", [])
+    assert acgkd.parse_args(["acgkd", "--teacher", "t.pt"]).teacher == "t.pt"
