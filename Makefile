@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install build bench bench-record-cpu gpu-data clean
+.PHONY: demo test install build bench bench-record-cpu gpu-data dist-check clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-record-cpu: build
 # The git-ignored .gpu/ folder that bench/gpu_session.sh reads on a lent GPU machine.
 gpu-data:
 	bash bench/prepare_gpu_data.sh
+
+# sdist -> wheel built from it -> fresh venv -> `import dfkd_fast._C` and `dfkd-fast env` elsewhere (.ci/dist-check).
+dist-check: $(STAMP)
+	PY=$(BIN)/python PYTHON=$(PYTHON) .ci/dist-check
 
 clean:
 	rm -rf build dfkd_fast/_C*.so *.egg-info

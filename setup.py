@@ -7,6 +7,7 @@ to skip the extension entirely (the package then runs its reference backends).
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -52,7 +53,15 @@ def _extensions():
         ext = CppExtension("dfkd_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
     # The compiled extension only loads into the torch it was built against (C++ ABI): require exactly that one.
     requirement = "torch==" + torch.__version__.split("+")[0]
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}, requirement
+    kind = "C++ and CUDA" if use_cuda else "C++"
+
+    class BuildWithNotice(BuildExtension.with_options(use_ninja=True)):
+        def run(self):  # a compile of minutes with no output looks like a hang
+            print(f"building dfkd_fast._C ({kind}, torch {torch.__version__}): this takes a few minutes",
+                  file=sys.stderr, flush=True)
+            super().run()
+
+    return [ext], {"build_ext": BuildWithNotice}, requirement
 
 
 ext_modules, cmdclass, torch_requirement = _extensions()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.conftest import DEVICE, ON_GPU, record_case, time_op
+from bench.conftest import DEVICE, ON_GPU, record_case, skip_unless_runnable, time_op
 from dfkd_fast.acgkd import losses
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.trainer import make_trainer
@@ -45,6 +45,7 @@ def _trainer(impl: str, method: str = "acgkd"):
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_acgkd_generation_step(benchmark, impl, mode):
+    skip_unless_runnable(impl, kind="cpp")  # fused = the Binary Concrete kernel of dfkd_fast._C
     trainer = _trainer(impl)
     graphs = trainer.graphs
 
@@ -57,6 +58,7 @@ def test_acgkd_generation_step(benchmark, impl, mode):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_acgkd_kd_step(benchmark, impl):
+    skip_unless_runnable(impl, kind="cpp")
     trainer = _trainer(impl)
     trainer.finish_generation()
     batch = next(iter(trainer.kd_batches()))

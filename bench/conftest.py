@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import pytest
 import torch
 
+from dfkd_fast._backend import extension_missing
+
 OURS = ("fused", "eager", "compile")  # the project's own implementations; every other impl is a baseline
 PROVIDERS = OURS  # the older name
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -82,9 +84,20 @@ def sync() -> None:
 
 
 def skip_unless_runnable(provider: str, kind: str = "triton") -> None:
-    """Triton kernels are only benchmarked on a GPU; the C++ kernels also on CPU."""
+    """Triton kernels are only benchmarked on a GPU; the C++ kernels also on CPU, and only when dfkd_fast._C is
+    built: without it a "fused" case would silently time the reference fallback."""
     if provider == "fused" and kind == "triton" and not ON_GPU:
         pytest.skip("Triton kernels are benchmarked on a GPU only (the CPU interpreter is a test path)")
+    if provider == "fused" and kind == "cpp" and (reason := extension_missing(DEVICE.type)):
+        pytest.skip(f"NOT TIMED: {reason}; build it (pip install --no-build-isolation -e '.[dev]', or "
+                    "python setup.py build_ext --inplace) to benchmark the fused C++/CUDA kernels")
+
+
+def pytest_report_header(config):
+    reason = extension_missing(DEVICE.type)
+    if reason:
+        return [f"dfkd_fast: {reason}: every fused C++/CUDA benchmark case is SKIPPED (not timed as the reference)"]
+    return None
 
 
 _compiled: dict[Callable, Callable] = {}

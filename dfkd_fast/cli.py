@@ -1,11 +1,12 @@
 """The ``dfkd-fast`` command.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
-``teacher`` and ``eval`` pick the image or graph module with ``--task``. Problems with the user's input
-(:class:`dfkd_fast.errors.DfkdError`, and the ValueError of an op's input validation, e.g. a NaN of a diverged run
-reaching an op) are printed as one line; ``DFKD_FAST_DEBUG=1`` shows the traceback. When a command ends, the run
-directories it opened are closed (their locks released; a directory that a failed command created and that holds no
-checkpoint is removed).
+``teacher`` and ``eval`` pick the image or graph module with ``--task``. Every multi-word flag is accepted with
+hyphens and with underscores (:mod:`dfkd_fast._cli_args`). Problems with the user's input
+(:class:`dfkd_fast.errors.DfkdError`, the ValueError of an op's input validation, e.g. a NaN of a diverged run
+reaching an op, and a missing optional dependency, named with its extra) are printed as one line;
+``DFKD_FAST_DEBUG=1`` shows the traceback. When a command ends, the run directories it opened are closed (their
+locks released; a directory that a failed command created and that holds no checkpoint is removed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 import traceback
 
 from dfkd_fast import runs
+from dfkd_fast._cli_args import accept_both_spellings
+from dfkd_fast._deps import missing_message
 from dfkd_fast.errors import DfkdError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -59,6 +62,7 @@ def build_parser(name: str | None = None, argv: list[str] | None = None):
             if tasks:
                 p.add_argument("--task", choices=tasks, default="image", help="image or graph classifier")
             module.add_arguments(p)
+            accept_both_spellings(p)  # --batch-size and --batch_size alike, in every subcommand
     return parser, module
 
 
@@ -105,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DFKD_FAST_DEBUG") == "1" or not (isinstance(exc, DfkdError) or _raised_by_dfkd_fast(exc)):
             raise
         runs.say("dfkd-fast: error: " + " ".join(str(exc).split()), err=True)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency: name the extra that installs it
+        message = missing_message(exc)
+        if message is None or os.environ.get("DFKD_FAST_DEBUG") == "1":
+            raise
+        runs.say(f"dfkd-fast: error: {message}", err=True)
         return 2
     except KeyboardInterrupt:
         runs.say("dfkd-fast: interrupted", err=True)

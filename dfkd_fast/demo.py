@@ -15,8 +15,10 @@ import importlib
 from pathlib import Path
 
 from dfkd_fast import env
+from dfkd_fast._deps import require
 
 DEMOS = (("image", "dfkd_fast.cpsc.demo"), ("graph", "dfkd_fast.acgkd.demo"))
+NEEDS = {"image": "sklearn", "graph": "torch_geometric"}  # checked before anything runs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    selected = [(name, module) for name, module in DEMOS if not args.only or name == args.only]
+    for name, _ in selected:
+        require(NEEDS[name], f"the {name} demo")
     rc = env.run(argparse.Namespace(no_check=False))
     results = []
-    for name, module in DEMOS:
-        if args.only and name != args.only:
-            continue
+    for name, module in selected:
         print(f"\n== {name} demo ==", flush=True)
         results.append(importlib.import_module(module).run_demo(Path(args.out) / name, quick=args.quick))
     if results:

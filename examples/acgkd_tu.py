@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, load_teacher, save_model, train_model
 from dfkd_fast.acgkd.trainer import accuracy, graph_batches, make_trainer
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
     parser.add_argument("--timing-only", action="store_true",
                         help="measure the generation steps only (the accuracy table comes from the cache)")
-    args = parser.parse_args(argv)
+    args = accept_both_spellings(parser).parse_args(argv)
     torch.set_num_threads(1)  # tiny graphs: extra threads only contend (and CPU seconds stay comparable)
     out = Path(args.out)
     cache = out / "results.json"

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.cli import main as dfkd_fast
 
 TEACHER = "teachers/akamaster_pytorch_resnet_cifar10/resnet56-4bfd9763.th"
@@ -32,14 +33,14 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/examples/cifar10")
     p.add_argument("--smoke", action="store_true", help="a few tiny steps (CPU smoke test)")
     p.add_argument("--resume", action="store_true")
-    args, extra = p.parse_known_args(argv)
+    args, extra = accept_both_spellings(p).parse_known_args(argv)
     start = time.perf_counter()
     if args.resume:
         rc = dfkd_fast(["cpsc", "--out", args.out, "--resume", *extra])
     else:
         ckpt = args.teacher_ckpt or str(Path(args.data_root) / TEACHER)
-        rc = dfkd_fast(["cpsc", "--teacher", "resnet56", "--student", "resnet20", "--dataset", "cifar10",
-                        "--ckpt", ckpt, "--data-root", args.data_root, "--out", args.out,
+        rc = dfkd_fast(["cpsc", "--teacher", ckpt, "--teacher-arch", "resnet56", "--student", "resnet20",
+                        "--dataset", "cifar10", "--data-root", args.data_root, "--out", args.out,
                         *(SMOKE if args.smoke else []), *extra])
     if rc:
         return rc

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.cli import main as dfkd_fast
 
 
@@ -34,7 +35,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ngf", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue the distillation run in --out")
-    return p.parse_known_args(argv)
+    return accept_both_spellings(p).parse_known_args(argv)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -50,8 +51,8 @@ def run(argv: list[str] | None = None) -> int:
     if args.resume:
         rc = dfkd_fast(["cpsc", "--out", str(out / "cpsc"), "--resume", "--device", args.device])
     else:
-        rc = dfkd_fast(["cpsc", "--teacher", "lenet5", "--student", "lenet5_half", "--dataset", "mnist",
-                        "--ckpt", str(teacher), "--data-root", args.data_root, "--epochs", str(args.epochs),
+        rc = dfkd_fast(["cpsc", "--teacher", str(teacher), "--student", "lenet5_half", "--dataset", "mnist",
+                        "--data-root", args.data_root, "--epochs", str(args.epochs),
                         "--epoch_itrs", str(args.epoch_itrs), "--batch_size", str(args.batch_size),
                         "--ngf", str(args.ngf), "--warmup_epochs", "2", "--no-loss_IKD", "--sample_every", "5",
                         "--device", args.device, "--out", str(out / "cpsc"), *extra])

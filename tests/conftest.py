@@ -32,3 +32,24 @@ def shared_data() -> str:
     if not os.path.isdir(path):
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+@pytest.fixture
+def tiny_demos(monkeypatch):
+    """Both demos of ``dfkd-fast demo --quick`` shrunk to a few seconds (their code paths unchanged); returns the
+    graph demo module."""
+    pytest.importorskip("torch_geometric")
+    import dataclasses
+
+    from dfkd_fast.acgkd import demo as graph_demo
+    from dfkd_fast.cpsc import demo as image_demo
+
+    monkeypatch.setitem(graph_demo.QUICK, "teacher_epochs", 2)
+    monkeypatch.setitem(graph_demo.QUICK, "iterations", 2)
+    monkeypatch.setitem(graph_demo.QUICK, "epochs", 1)
+    quick_config = image_demo.demo_config
+    monkeypatch.setattr(image_demo, "demo_config", lambda quick=False: dataclasses.replace(
+        quick_config(True), batch_size=8, ngf=8, nz=16, epochs=1, epoch_itrs=1))
+    train = image_demo.train_classifier
+    monkeypatch.setattr(image_demo, "train_classifier", lambda *a, **k: train(*a, **{**k, "epochs": 1}))
+    return graph_demo

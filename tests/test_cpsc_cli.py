@@ -27,8 +27,8 @@ def teacher_ckpt(tmp_path):
 
 
 def cpsc(out, ckpt, *extra):
-    return main(["cpsc", "--teacher", "small_cnn", "--student", "small_cnn_half", "--dataset", "digits", "--ckpt",
-                 ckpt, "--out", str(out), *TINY, *extra])
+    return main(["cpsc", "--teacher", ckpt, "--teacher-arch", "small_cnn", "--student", "small_cnn_half", "--dataset",
+                 "digits", "--out", str(out), *TINY, *extra])
 
 
 def states(path):
@@ -94,30 +94,30 @@ def one_line_error(capsys, argv, match):
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, teacher_ckpt, capsys):
-    base = ["cpsc", "--ckpt", teacher_ckpt, "--out", str(tmp_path / "r"), *TINY]
-    one_line_error(capsys, [*base, "--teacher", "resnet35", "--dataset", "digits"], "unknown model 'resnet35'")
-    one_line_error(capsys, [*base, "--teacher", "small_cnn", "--student", "wrn_16_3", "--dataset", "digits"],
+    base = ["cpsc", "--teacher", teacher_ckpt, "--out", str(tmp_path / "r"), *TINY]
+    one_line_error(capsys, [*base, "--teacher-arch", "resnet35", "--dataset", "digits"], "unknown model 'resnet35'")
+    one_line_error(capsys, [*base, "--teacher-arch", "small_cnn", "--student", "wrn_16_3", "--dataset", "digits"],
                    "unknown model 'wrn_16_3'")
-    one_line_error(capsys, [*base, "--teacher", "small_cnn", "--dataset", "svhn"], "unknown dataset 'svhn'")
+    one_line_error(capsys, [*base, "--teacher-arch", "small_cnn", "--dataset", "svhn"], "unknown dataset 'svhn'")
     # a 10-class teacher checkpoint for a 100-class dataset
-    one_line_error(capsys, [*base, "--teacher", "small_cnn", "--dataset", "cifar100", "--eval_every", "0"],
+    one_line_error(capsys, [*base, "--teacher-arch", "small_cnn", "--dataset", "cifar100", "--eval_every", "0"],
                    "is for 10 classes (fc.weight (10, 128)) but the teacher small_cnn was built for 100 classes")
     empty = tmp_path / "empty"
     empty.mkdir()
-    one_line_error(capsys, [*base, "--teacher", "small_cnn", "--dataset", "cifar10", "--data-root", str(empty)],
+    one_line_error(capsys, [*base, "--teacher-arch", "small_cnn", "--dataset", "cifar10", "--data-root", str(empty)],
                    "cifar10: file test_batch not found")
-    one_line_error(capsys, [*base, "--teacher", "small_cnn", "--dataset", "cifar10"], "needs --data-root")
+    one_line_error(capsys, [*base, "--teacher-arch", "small_cnn", "--dataset", "cifar10"], "needs --data-root")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 truncated")
-    one_line_error(capsys, ["cpsc", "--ckpt", str(corrupt), "--dataset", "digits", "--teacher", "small_cnn",
+    one_line_error(capsys, ["cpsc", "--teacher", str(corrupt), "--dataset", "digits", "--teacher-arch", "small_cnn",
                             "--out", str(tmp_path / "c")], "is corrupt or not a torch checkpoint")
     one_line_error(capsys, ["cpsc", "--out", str(tmp_path / "none"), "--resume"], "holds no run")
-    one_line_error(capsys, ["cpsc", "--dataset", "digits", "--teacher", "small_cnn", "--out", str(tmp_path / "n")],
-                   "--ckpt (the teacher checkpoint) is required")
+    one_line_error(capsys, ["cpsc", "--dataset", "digits", "--teacher-arch", "small_cnn", "--out",
+                            str(tmp_path / "n")], "--teacher (the teacher checkpoint) is required")
     one_line_error(capsys, ["eval", "--ckpt", teacher_ckpt, "--dataset", "mnist", "--data-root", str(empty)],
                    "mnist: file t10k-images-idx3-ubyte.gz not found")
     one_line_error(capsys, ["eval", "--ckpt", teacher_ckpt, "--dataset", "cifar100", "--data-root", str(empty)],
                    "is for 10 classes")
     assert cpsc(tmp_path / "done", teacher_ckpt, "--epochs", "1") == 0
-    one_line_error(capsys, ["cpsc", "--teacher", "small_cnn", "--dataset", "digits", "--ckpt", teacher_ckpt,
-                            "--out", str(tmp_path / "done")], "already holds a run; pass --resume")
+    one_line_error(capsys, ["cpsc", "--teacher", teacher_ckpt, "--dataset", "digits", "--out", str(tmp_path / "done")],
+                   "already holds a run; pass --resume")

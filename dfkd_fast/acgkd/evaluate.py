@@ -14,7 +14,7 @@ from dfkd_fast.errors import DfkdError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="teacher.pt or student.pt")
+    parser.add_argument("--ckpt", "--checkpoint", dest="checkpoint", required=True, help="teacher.pt or student.pt")
     parser.add_argument("--dataset", help="default: the checkpoint's dataset")
     parser.add_argument("--data-root", help="folder holding <NAME>/raw/ (TU datasets)")
     parser.add_argument("--split", choices=("test", "train", "all"), default="test")

@@ -1,10 +1,13 @@
 """``dfkd-fast cpsc``: distil a classifier with CPSC-DFKD, without training data.
 
-Flag names follow the upstream script (``--teacher --student --dataset --batch_size --epochs --epoch_itrs --G_steps
---S_steps --lr_G --lr_S --co_alpha --co_beta --co_gamma --co_eta --temp``, ``--ckpt`` for the teacher checkpoint);
-the defaults are the paper's recipe (every term on, README weights). ``num_classes`` comes from the dataset. The run
-directory (``--out``) gets config.json, metrics.jsonl, a resumable checkpoint per epoch, sample grids and the
-best/final student in the CMI layout; ``--resume`` continues a stopped run bit for bit.
+Flag names follow the upstream script (``--student --dataset --batch_size --epochs --epoch_itrs --G_steps --S_steps
+--lr_G --lr_S --co_alpha --co_beta --co_gamma --co_eta --temp``; ``--batch-size`` etc. work too). ``--teacher`` is
+the teacher *checkpoint*, as in ``dfkd-fast acgkd``; its model name comes from the checkpoint (dfkd-fast checkpoints
+record it) or from ``--teacher-arch`` (CMI / akamaster / raw state_dicts). Upstream's ``--teacher MODEL --ckpt
+PATH`` still works, with a deprecation line. The defaults are the paper's recipe (every term on, README weights).
+``num_classes`` comes from the dataset. The run directory (``--out``) gets config.json, metrics.jsonl, a resumable
+checkpoint per epoch, sample grids and the best/final student in the CMI layout; ``--resume`` continues a stopped
+run bit for bit.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m dfkd_fast.cli cpsc ...`` (``--batch_size`` is per process).
 """
@@ -15,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 
 import torch
 
@@ -24,11 +28,12 @@ from dfkd_fast.cpsc.teacher import accuracy, load_classifier, resolve_device
 from dfkd_fast.cpsc.trainer import CPSCTrainer
 from dfkd_fast.data.images import dataset_info, load_images
 from dfkd_fast.errors import DfkdError
-from dfkd_fast.models import model_spec
+from dfkd_fast.models import canonical_name, model_spec
 from dfkd_fast.runs import RunDir, load_checkpoint, resume_options, say, seed_everything, set_rng_state
 
 HELP = {
-    "teacher": "teacher model name (resnet34, vgg11, wrn_40_2, resnet56, lenet5, ...)",
+    "teacher": "teacher model name (resnet34, vgg11, wrn_40_2, resnet56, lenet5, ...; default: the one the --teacher "
+               "checkpoint records)",
     "student": "student model name (resnet18, wrn_16_2, wrn_40_1, wrn_16_1, resnet20, lenet5_half, ...)",
     "dataset": "digits, mnist5k, mnist, cifar10, cifar100, tiny-imagenet (sets num_classes and the image size)",
     "G_steps": "generator steps per iteration", "S_steps": "student steps per iteration",
@@ -41,6 +46,8 @@ HELP = {
     "ce_on_logits": "fix: cross-entropy on logits (upstream: on softmax probabilities)",
     "generator_optimizer": "fresh_adam = upstream's new Adam per step (a sign update); adam = one persistent Adam",
     "freeze_student_bn_in_G": "fix: generator steps do not move the student's BN running statistics",
+    "warmup_cosine_once": "fix: the first epoch after the warm-up gets the cosine factor once (warmup-scheduler "
+                          ">= 0.3.2) instead of twice (the PyPI 0.3 upstream imports)",
     "fused": "dfkd_fast ops on the default backend (fused kernels on CUDA); --no-fused = reference ops",
     "amp": "autocast: auto = bf16 on CUDA, off on CPU", "channels_last": "channels_last memory format on CUDA",
     "compile": "torch.compile the loss computation of both steps",
@@ -59,13 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         default = field.default
         help_text = f"{HELP.get(field.name, '')} (default: {default})".strip()
-        if isinstance(default, bool):
+        if field.name == "teacher":  # the model name; --teacher itself is the checkpoint (one meaning everywhere)
+            parser.add_argument("--teacher-arch", dest="teacher", metavar="MODEL", default=None, help=HELP["teacher"])
+        elif isinstance(default, bool):
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
         else:
             parser.add_argument(f"--{field.name}", type=type(default), default=default,
                                 choices=CHOICES.get(field.name), help=help_text)
-    parser.add_argument("--ckpt", help="teacher checkpoint (dfkd-fast teacher, CMI, akamaster or a raw state_dict)")
+    parser.add_argument("--teacher", dest="teacher_path", metavar="CKPT",
+                        help="teacher checkpoint (dfkd-fast teacher, CMI, akamaster or a raw state_dict)")
+    parser.add_argument("--ckpt", "--checkpoint", dest="ckpt", help="the same as --teacher (upstream's spelling)")
     parser.add_argument("--data-root", "--data_root", dest="data_root",
                         help="folder holding the test set (for evaluation only; distillation reads no data)")
     parser.add_argument("--eval_limit", type=int, default=None, help="evaluate on an evenly strided test subset")
@@ -77,14 +88,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 RUN_KEYS = ("ckpt", "data_root", "eval_limit")
 
 
+def _is_model_name(text: str | None) -> bool:
+    try:
+        canonical_name(text)
+        return True
+    except DfkdError:
+        return False
+
+
+def resolve_teacher(args: argparse.Namespace) -> tuple[str, str]:
+    """(teacher model name, checkpoint path) from ``--teacher PATH [--teacher-arch MODEL]``, or from upstream's
+    ``--teacher MODEL --ckpt PATH`` (deprecated, one line on stderr)."""
+    path, arch = args.teacher_path, args.teacher
+    if args.ckpt:
+        if path and not os.path.exists(path):  # upstream's form: --teacher MODEL --ckpt PATH
+            legacy = canonical_name(path)  # an unknown name is reported as such
+            if arch and canonical_name(arch) != legacy:
+                raise DfkdError(f"cpsc: --teacher {path} and --teacher-arch {arch} disagree")
+            print(f"dfkd-fast cpsc: `--teacher {path} --ckpt PATH` is deprecated: use `--teacher PATH` (and "
+                  f"`--teacher-arch {path}` where the checkpoint does not record its model)", file=sys.stderr)
+            arch, path = legacy, None
+        if path and path != args.ckpt:
+            raise DfkdError(f"cpsc: --teacher {path} and --ckpt {args.ckpt} name different checkpoints: pass one")
+        path = args.ckpt
+    elif path and not os.path.exists(path) and _is_model_name(path):
+        raise DfkdError(f"cpsc: --teacher is the teacher checkpoint, and {path!r} is a model name: pass "
+                        f"`--teacher PATH --teacher-arch {path}`")
+    if not path:
+        raise DfkdError("cpsc: --teacher (the teacher checkpoint) is required")
+    if not arch:
+        arch = load_checkpoint(path).get("model")
+        if not arch:
+            raise DfkdError(f"cpsc: teacher checkpoint {path} does not record its model: pass --teacher-arch MODEL")
+    return canonical_name(arch), path
+
+
 def _config_from_args(args: argparse.Namespace) -> tuple[CPSCConfig, dict]:
+    arch, path = resolve_teacher(args)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CPSCConfig) if f.name not in SKIP}
-    return CPSCConfig(**values).validate(), {k: getattr(args, k) for k in RUN_KEYS}
+    values["teacher"] = arch
+    extra = {k: getattr(args, k) for k in RUN_KEYS}
+    extra["ckpt"] = path
+    return CPSCConfig(**values).validate(), extra
 
 
 def run(args: argparse.Namespace) -> int:
     dist = init_from_env(resolve_device(args.device))
-    out = args.out or f"runs/cpsc-{args.dataset}-{args.teacher}-{args.student}"
+    if args.resume:
+        arch = args.teacher or (resolve_teacher(args)[0] if (args.teacher_path or args.ckpt) else None)
+        if not (args.out or arch):
+            raise DfkdError("cpsc --resume: pass --out (the run directory to continue)")
+    else:
+        cfg, extra = _config_from_args(args)
+        arch = cfg.teacher
+    out = args.out or f"runs/cpsc-{args.dataset}-{arch}-{args.student}"
     run_dir, changes = None, {}
     if args.resume:
         if not os.path.isfile(os.path.join(out, "config.json")):
@@ -101,12 +158,10 @@ def run(args: argparse.Namespace) -> int:
                             f"{dist.world_size}: resume it with the same number")
         stored = {**stored, **changes}
         cfg, extra = CPSCConfig.from_dict(stored).validate(), {k: stored.get(k) for k in RUN_KEYS}
-    else:
-        cfg, extra = _config_from_args(args)
-        if dist.is_main:
-            run_dir = RunDir(out, command="cpsc")
+    elif dist.is_main:
+        run_dir = RunDir(out, command="cpsc")
     if not extra["ckpt"]:
-        raise DfkdError("cpsc: --ckpt (the teacher checkpoint) is required")
+        raise DfkdError("cpsc: --teacher (the teacher checkpoint) is required")
     if extra["eval_limit"] is not None and extra["eval_limit"] < 1:
         raise DfkdError(f"cpsc: --eval_limit must be >= 1, got {extra['eval_limit']}")
     data = dataset_info(cfg.dataset)

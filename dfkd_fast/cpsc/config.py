@@ -56,6 +56,7 @@ class CPSCConfig:
     ce_on_logits: bool = False  # upstream applies cross-entropy to softmax *probabilities*
     generator_optimizer: str = "fresh_adam"  # upstream builds a new Adam every G step (= a sign update of lr_G)
     freeze_student_bn_in_G: bool = False  # upstream lets G-step batches update the student's BN running stats
+    warmup_cosine_once: bool = False  # upstream's warmup-scheduler 0.3 applies the cosine factor twice at epoch w+1
 
     # speed (semantics-preserving)
     fused: bool = True  # the dfkd_fast ops on the default backend (fused kernels on CUDA); False = reference ops
@@ -105,14 +106,20 @@ class CPSCConfig:
 def student_lr(config: CPSCConfig, epoch: int) -> float:
     """The student's learning rate in ``epoch`` (1-based), exactly as upstream's schedulers produce it.
 
-    Upstream steps ``CosineAnnealingLR(T_max=epochs)`` and ``GradualWarmupScheduler(multiplier=1, total_epoch=10)``
-    once per epoch before training it: a linear warm-up ``lr * e / 10`` for e <= 10; at e = 11 the cosine's
-    recursive step from the warmed-up ``lr`` (``lr * (1 + cos(11 pi / E)) / (1 + cos(10 pi / E))``); from e = 12 the
-    cosine's closed form evaluated at ``e - 10``: ``lr / 2 * (1 + cos(pi * (e - 10) / E))``.
+    Upstream steps ``CosineAnnealingLR(T_max=epochs)`` and then ``GradualWarmupScheduler(multiplier=1,
+    total_epoch=10)`` (PyPI ``warmup-scheduler`` 0.3, the only release on PyPI) once per epoch before training it:
+
+    * e <= 10: the linear warm-up ``lr * e / 10``;
+    * e = 11: the cosine's recursive step takes the warmed-up ``lr`` to ``lr * r`` with
+      ``r = (1 + cos(11 pi / E)) / (1 + cos(10 pi / E))``; then the wrapper, finishing its warm-up, returns the
+      cosine's *recursive* ``get_lr()`` again, from that already-stepped value: ``lr * r**2``. (From 0.3.2 on the
+      package returns ``get_last_lr()``, i.e. ``lr * r``: ``warmup_cosine_once=True`` gives that.)
+    * e >= 12: the wrapper calls the cosine's closed form at ``e - 10``: ``lr / 2 * (1 + cos(pi * (e - 10) / E))``.
     """
     w, lr, total = config.warmup_epochs, config.lr_S, config.epochs
     if epoch <= w:
         return lr * epoch / w
     if epoch == w + 1 and w > 0:
-        return lr * (1 + math.cos(math.pi * (w + 1) / total)) / (1 + math.cos(math.pi * w / total))
+        r = (1 + math.cos(math.pi * (w + 1) / total)) / (1 + math.cos(math.pi * w / total))
+        return lr * r if config.warmup_cosine_once else lr * r * r
     return 0.5 * lr * (1 + math.cos(math.pi * (epoch - w) / total))

@@ -84,6 +84,7 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
 
 def _run(out_dir: Path, quick: bool) -> dict:
     start = time.perf_counter()
+    seed_everything(0)  # the same numbers whatever ran before in this process
     teacher, teacher_acc, (_, test) = train_teacher(out_dir, quick)
     cfg = demo_config(quick)
     print(f"distilling {TEACHER} ({sum(p.numel() for p in teacher.parameters())} parameters) -> {STUDENT} with "

@@ -15,7 +15,7 @@ from dfkd_fast.data.images import dataset_info, load_images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="classifier checkpoint")
+    parser.add_argument("--ckpt", "--checkpoint", dest="ckpt", required=True, help="classifier checkpoint")
     parser.add_argument("--model", default=None, help="zoo model name (default: the one the checkpoint records)")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data-root", "--data_root", dest="data_root")

@@ -12,6 +12,10 @@ from torch import Tensor
 
 from dfkd_fast.ops import supcon_loss_pairs
 
+# Upstream builds ``SupConLoss(temperature=args.temp)`` and leaves ``base_temperature`` at SupContrast's default:
+# the loss is scaled by ``temp / 0.07``, which is 1 only at the default ``--temp 0.07``.
+UPSTREAM_BASE_TEMPERATURE = 0.07
+
 
 def kd_loss(s_logits: Tensor, t_logits: Tensor) -> Tensor:
     """DAFL's ``kdloss``: KL(softmax(T) || softmax(S)) summed over classes, averaged over the batch (T = 1).
@@ -52,7 +56,8 @@ def contrastive_loss(s_feat: Tensor, t_feat: Tensor, labels: Tensor, temperature
                      contrast: tuple[Tensor, Tensor] | None = None, self_offset: int = 0,
                      backend: str | None = None) -> Tensor:
     """Pseudo-supervised contrast: SupCon over the student and teacher embeddings of the same images, positives =
-    same condition label, all-anchor mode, ``temperature = base_temperature`` (upstream ``SupConLoss``).
+    same condition label, all-anchor mode, ``base_temperature`` 0.07 whatever ``temperature`` is (upstream's
+    ``SupConLoss(temperature=args.temp)``: the loss carries the factor ``temperature / 0.07``).
 
     The anchors are this batch's ``2B`` vectors. By default they are also the contrast set. Multi-GPU: ``contrast``
     is every process's anchors (all-gathered with gradient) and this process's block starts at row
@@ -62,4 +67,4 @@ def contrastive_loss(s_feat: Tensor, t_feat: Tensor, labels: Tensor, temperature
     anchors, anchor_labels = contrastive_anchors(s_feat, t_feat, labels)
     contrast_feats, contrast_labels = contrast if contrast is not None else (anchors, anchor_labels)
     return supcon_loss_pairs(anchors, anchor_labels, contrast_feats, contrast_labels, temperature=temperature,
-                             base_temperature=temperature, self_offset=self_offset, backend=backend)
+                             base_temperature=UPSTREAM_BASE_TEMPERATURE, self_offset=self_offset, backend=backend)

@@ -30,7 +30,8 @@ from dfkd_fast.cpsc.distributed import DistInfo, gather_with_grad
 from dfkd_fast.cpsc.losses import (ce_loss, contrastive_anchors, contrastive_loss, ikd_generator, ikd_student,
                                    kd_loss)
 from dfkd_fast.data.images import batches, denormalize, normalize, save_image_grid
-from dfkd_fast.models import ConditionalGenerator, FeatureAdapter, build_model, feature_dim, num_classes_of
+from dfkd_fast.models import (ConditionalGenerator, FeatureAdapter, as_classifier, build_model, feature_dim,
+                              num_classes_of)
 from dfkd_fast.nn import BNStatsLoss, ClassConditionalBatchNorm2d
 from dfkd_fast.runs import RunDir, atomic_save, check_finite, divergence_guard, progress
 
@@ -47,7 +48,8 @@ class CPSCTrainer:
 
     Args:
         config: the recipe (:class:`CPSCConfig`).
-        teacher: a trained classifier ``forward(x, out_feature)``; it is frozen and kept in eval mode.
+        teacher: a trained classifier: a zoo model (``forward(x, out_feature)``) or any ``model(x) -> logits``
+            module, wrapped by :func:`dfkd_fast.models.as_classifier`; it is frozen and kept in eval mode.
         student, generator: the networks to train (the student wrapped in a :class:`FeatureAdapter` when its
             feature width differs from the teacher's; see :meth:`from_config`).
         norm: the teacher's input normalisation (mean, std): real test images are normalised with it, sample
@@ -76,6 +78,9 @@ class CPSCTrainer:
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.backends.cudnn.deterministic = config.deterministic
 
+        shape = dict(in_channels=generator.conv_blocks3_0.out_channels, image_size=generator.img_size)
+        teacher = as_classifier(teacher, what="teacher", **shape)
+        student = as_classifier(student, what="student", **shape)
         self.teacher = teacher.to(self.device, memory_format=memory_format).eval().requires_grad_(False)
         self.student = student.to(self.device, memory_format=memory_format).train()
         self.generator = generator.to(self.device, memory_format=memory_format).train()
@@ -118,11 +123,16 @@ class CPSCTrainer:
 
     # ----------------------------------------------------------------------------------------------- construction
     @classmethod
-    def from_config(cls, config: CPSCConfig, teacher: nn.Module, *, in_channels: int, image_size: int, **kwargs):
-        """Build the student (with the feature adapter if its width differs from the teacher's) and the generator
-        for ``teacher``'s number of classes, then the trainer. Uses the global RNG (seed it first)."""
+    def from_config(cls, config: CPSCConfig, teacher: nn.Module, *, in_channels: int, image_size: int,
+                    student: nn.Module | None = None, **kwargs):
+        """Build the student (``config.student`` from the zoo, unless a ``student`` module is given; with the
+        feature adapter if its width differs from the teacher's) and the generator for ``teacher``'s number of
+        classes, then the trainer. Uses the global RNG (seed it first)."""
+        teacher = as_classifier(teacher, in_channels=in_channels, image_size=image_size, what="teacher")
         num_classes = num_classes_of(teacher)
-        student = build_model(config.student, num_classes, in_channels=in_channels)
+        if student is None:
+            student = build_model(config.student, num_classes, in_channels=in_channels)
+        student = as_classifier(student, in_channels=in_channels, image_size=image_size, what="student")
         t_dim, s_dim = feature_dim(teacher), feature_dim(student)
         if config.loss_SCL and t_dim != s_dim:
             student = FeatureAdapter(student, s_dim, t_dim)
@@ -322,7 +332,8 @@ class CPSCTrainer:
 
     @torch.no_grad()
     def sample_grid(self, path: str | Path) -> None:
-        """A PNG of generated images, one row per class (eval mode: the generator's running statistics), from a
+        """A PNG of generated images, one row per class labelled ``y=<class>`` (with 64+ classes, rows of 10
+        consecutive classes, labelled ``y=first-last``; eval mode: the generator's running statistics), from a
         fixed z so that successive grids show the same samples evolving; the training RNG is not touched."""
         per_class = max(1, min(8, 64 // self.num_classes))
         labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
@@ -331,7 +342,11 @@ class CPSCTrainer:
         self.generator.eval()
         images = self.generator(z, labels)
         self.generator.train()
-        save_image_grid(denormalize(images, *self.norm), path, nrow=per_class if per_class > 1 else 10)
+        nrow = per_class if per_class > 1 else 10
+        ys = labels.tolist()  # each row's condition label(s), written in the left margin
+        names = [f"y={ys[i]}" if per_class > 1 else f"y={ys[i]}-{ys[min(i + nrow, len(ys)) - 1]}"
+                 for i in range(0, len(ys), nrow)]
+        save_image_grid(denormalize(images, *self.norm), path, nrow=nrow, row_labels=names)
 
     def fit(self) -> dict:
         """Train from the current epoch to ``epochs``: evaluate, log metrics, save grids, checkpoints and the best

