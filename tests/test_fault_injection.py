@@ -68,7 +68,7 @@ def image_teacher(tmp_path):
 
 
 def test_cpsc_survives_sigkill_anywhere(tmp_path, image_teacher):
-    argv = ["cpsc", "--teacher", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits", "--ckpt",
+    argv = ["cpsc", "--teacher-arch", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits", "--teacher",
             image_teacher, *CPSC_TINY]
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert main([*argv, "--out", str(reference)]) == 0

@@ -45,7 +45,7 @@ def graph_teacher(tmp_path_factory):
 
 
 def cpsc(out, ckpt, *extra):
-    return ["cpsc", "--teacher", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits", "--ckpt",
+    return ["cpsc", "--teacher-arch", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits", "--teacher",
             ckpt, "--out", str(out), *TINY, *extra]
 
 
@@ -216,8 +216,8 @@ def test_misleading_model_messages(tmp_path, graph_teacher, capsys):
     half = tmp_path / "half.pt"
     torch.save(checkpoint_record(build_model("small_cnn_half", 10, in_channels=1), "small_cnn_half", DIGITS,
                                  (DIGITS.mean, DIGITS.std), None), half)
-    err = one_line(capsys, ["cpsc", "--teacher", "small_cnn", "--student", "small_cnn_half", "--dataset", "digits",
-                            "--ckpt", str(half), "--out", str(tmp_path / "c"), *TINY],
+    err = one_line(capsys, ["cpsc", "--teacher-arch", "small_cnn", "--student", "small_cnn_half", "--dataset", "digits",
+                            "--teacher", str(half), "--out", str(tmp_path / "c"), *TINY],
                    "features into its classifier", "another width")
     assert "classes" not in err
     err = one_line(capsys, ["acgkd", "--teacher", graph_teacher, "--teacher-arch", "gcn-5-16", "--out",

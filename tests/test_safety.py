@@ -91,8 +91,8 @@ def run_dir_with(tmp_path, config: dict, checkpoint) -> str:
 
 def test_commands_refuse_a_hostile_checkpoint(hostile, graph_teacher, tmp_path, capsys):
     path, marker = hostile
-    refused(capsys, ["cpsc", "--teacher", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits",
-                     "--ckpt", str(path), "--out", str(tmp_path / "c"), *CPSC_TINY], marker)
+    refused(capsys, ["cpsc", "--teacher-arch", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits",
+                     "--teacher", str(path), "--out", str(tmp_path / "c"), *CPSC_TINY], marker)
     refused(capsys, ["acgkd", "--teacher", str(path), "--out", str(tmp_path / "a"), *GRAPH_TINY], marker)
     refused(capsys, ["eval", "--task", "image", "--ckpt", str(path), "--dataset", "digits"], marker)
     refused(capsys, ["eval", "--task", "graph", "--checkpoint", str(path)], marker)
@@ -180,8 +180,8 @@ def test_cpsc_divergence_inside_an_op_check_is_one_line(image_teacher, tmp_path,
     # lr_G = inf: the generator's weights turn NaN in the first step; the second step's BN-statistics op refuses
     # its NaN input (a ValueError) before the epoch's losses are checked: item 5
     out = tmp_path / "run"
-    one_line(capsys, ["cpsc", "--teacher", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits",
-                      "--ckpt", image_teacher, "--out", str(out), *CPSC_TINY, "--lr_G", "inf"],
+    one_line(capsys, ["cpsc", "--teacher-arch", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits",
+                      "--teacher", image_teacher, "--out", str(out), *CPSC_TINY, "--lr_G", "inf"],
              "diverged at epoch 1", "generator weights", "--lr_G")
     assert not out.exists()  # no checkpoint was written: the failed command leaves no folder
 
