@@ -54,7 +54,7 @@ def class_conditional_batch_norm_reference(
         mean, var = running_mean.to(acc), running_var.to(acc)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     x_hat = (xa - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
-    per_sample = (x.shape[0], -1) + (1,) * (x.dim() - 2)
+    per_sample = x.shape[:2] + (1,) * (x.dim() - 2)  # not -1: ambiguous for an empty batch
     gamma = weight[labels].to(acc).view(per_sample)
     beta = bias[labels].to(acc).view(per_sample)
     return (gamma * x_hat + beta).to(x.dtype)
