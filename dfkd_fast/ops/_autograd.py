@@ -7,12 +7,14 @@ setup_context-style ``torch.autograd.Function`` with the same formula, which the
 * ``torch.func.grad`` / ``vjp`` work through it; ``vmap`` (and so ``jacrev``) through the vmap rule it generates from
   its forward, which reaches the custom op's own rule: one launch per sample, stacked.
 * Double backward: every backward op is registered the same way, with a backward of its own (the second-order terms)
-  computed by autograd through the reference formula, so second derivatives are the reference's on every backend.
-  Third order is not supported (``once_differentiable``: PyTorch raises if it is asked for).
+  computed by ``torch.func.vjp`` through the reference formula, so second (and higher) derivatives are the
+  reference's on every backend.
+* Forward-mode AD (``torch.func.jvp``/``jacfwd``/``hessian``) is not implemented: a clear error.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -34,6 +36,13 @@ def _loop_vmap(op: Callable) -> Callable:
     return rule
 
 
+def _no_jvp(name: str, ctx, *tangents):
+    raise NotImplementedError(
+        f"dfkd_fast::{name}: forward-mode AD (torch.func.jvp, jacfwd, hessian) is not implemented for the fused "
+        "backend; use reverse mode (torch.func.jacrev(torch.func.jacrev(f)) for a Hessian) or backend='reference'"
+    )
+
+
 def register(op, setup_context: Callable, backward: Callable) -> Callable:
     """Register ``backward`` as ``op``'s autograd formula and a per-sample vmap rule; return the function to call
     ``op`` through: an equivalent setup_context-style ``autograd.Function`` in eager mode (torch.func support), the
@@ -48,6 +57,7 @@ def register(op, setup_context: Callable, backward: Callable) -> Callable:
             "forward": staticmethod(lambda *args: op(*args)),
             "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward),
+            "jvp": staticmethod(functools.partial(_no_jvp, op._name)),
             "generate_vmap_rule": True,
         },
     )
@@ -60,13 +70,15 @@ def register(op, setup_context: Callable, backward: Callable) -> Callable:
 
 def reference_double_backward(
     reference: Callable[..., Tensor], grad_out: Tensor, primals: Sequence[Tensor], grad_grads: Sequence[Tensor]
-) -> tuple[Tensor | None, ...]:
+) -> tuple[Tensor, ...]:
     """The backward of a backward op ``(grad_out, *primals) -> vjp(reference, primals)(grad_out)``.
 
-    Returns the gradients for ``grad_out`` and each primal (``None`` where there is none), from autograd through
-    ``reference``: the second-order terms are the reference's own.
+    Returns the gradients for ``grad_out`` and each primal, by ``torch.func.vjp`` through ``reference``: the
+    second-order terms are the reference's own, and the result is differentiable again (to any order) both by
+    ``torch.autograd`` with ``create_graph=True`` and under torch.func transforms.
     """
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_() for t in (grad_out, *primals)]
-        first = torch.autograd.grad(reference(*leaves[1:]), leaves[1:], leaves[0], create_graph=True)
-        return torch.autograd.grad(first, leaves, list(grad_grads), allow_unused=True)
+
+    def backward(g: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        return torch.func.vjp(reference, *xs)[1](g)
+
+    return torch.func.vjp(backward, grad_out, *primals)[1](tuple(grad_grads))

@@ -61,7 +61,6 @@ def _setup_bwd(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:4])  # grad_loss, x, running_mean, running_var
 
 
-@torch.autograd.function.once_differentiable
 def _double_backward(ctx, grad_dx):
     grad_loss, x, running_mean, running_var = ctx.saved_tensors
     gg, gx = _autograd.reference_double_backward(

@@ -84,7 +84,6 @@ def _setup_bwd(ctx, inputs, output):
     ctx.params = inputs[6:]
 
 
-@torch.autograd.function.once_differentiable
 def _double_backward(ctx, grad_dx, grad_dweight, grad_dbias):
     grad_y, x, labels, weight, mean, var = ctx.saved_tensors
     use_batch_stats, eps = ctx.params

@@ -101,7 +101,6 @@ def _setup_bwd(ctx, inputs, output):
     ctx.params = params
 
 
-@torch.autograd.function.once_differentiable
 def _double_backward(ctx, grad_d_anchors, grad_d_contrast):
     grad_loss, anchors, anchor_labels, contrast, contrast_labels = ctx.saved_tensors
     inv_temperature, scale, self_offset, normalize = ctx.params
