@@ -122,6 +122,18 @@ def test_torch_func_grad_and_jacrev(case, backend):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c != "cbn_train_running"])  # jacfwd vmaps the forward
+def test_forward_mode_reference_works_fused_is_a_clear_error(case):
+    f, inputs = CASES[case]()
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    expected = torch.autograd.grad(scalar(f, "reference")(*leaves), leaves)
+    got = torch.func.jacfwd(scalar(f, "reference"), argnums=tuple(range(len(inputs))))(*inputs)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(NotImplementedError, match=r"dfkd_fast::\w+_fwd: forward-mode AD .* is not implemented"):
+        torch.func.jacfwd(scalar(f, "fused"))(*inputs)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", [c for c in CASES if c != "cbn_train_running"])
 def test_vmap_equals_a_loop(case, backend):
@@ -143,25 +155,40 @@ def test_vmap_of_a_running_statistics_update_is_a_clear_error(backend):
         torch.func.vmap(lambda *xs: f(*xs, backend=backend))(*(torch.stack([t, t]) for t in inputs))
 
 
+def _compile_cases():
+    """(op as a function of a tensor and a float hyper-parameter, the tensor, two values of the float)."""
+    labels, rm, rv = torch.tensor([0, 2, 1, 0]), torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    weight, bias = torch.randn(3, 3, dtype=torch.float64) + 1, torch.randn(3, 3, dtype=torch.float64)
+    return {
+        "supcon": (lambda x, t: dfkd_fast.supcon_loss(x, labels, temperature=t, normalize=True, backend="fused"),
+                   torch.randn(4, 2, 5, dtype=torch.float64), (0.5, 0.25)),
+        "cbn_train_running": (lambda x, eps: dfkd_fast.class_conditional_batch_norm(
+            x, labels, weight, bias, rm, rv, eps=eps, momentum=eps, backend="fused"),
+            torch.randn(4, 3, 2, 5, dtype=torch.float64), (1e-3, 1e-2)),
+        "bn_stats": (lambda x, scale: dfkd_fast.bn_stats_loss(x * scale, rm, rv, backend="fused"),
+                     torch.randn(4, 3, 2, 5, dtype=torch.float64), (1.0, 2.0)),
+    }
+
+
 @pytest.mark.parametrize("case", ["supcon", "cbn_train_running", "bn_stats"])
 def test_compile_fullgraph_dynamic(case):
-    """dynamic=True traces the validation (float arguments become SymFloats) and the fused op into one graph, which
-    serves a second input size too, with the eager values and gradients."""
+    """dynamic=True: float arguments are SymFloats in the validation, the fused op is traced into one graph that
+    serves another input size, with the eager values and gradients. (A new float value recompiles: the custom ops
+    take their floats as constants.)"""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    f, inputs = CASES[case]()
-    g = lambda *xs: (f(*xs, backend="fused") ** 3).sum()  # noqa: E731  (a linspace would specialise the size)
+    f, first, floats = _compile_cases()[case]
+    g = lambda x, v: (f(x, v) ** 3).sum()  # noqa: E731  (a linspace projection would specialise the size)
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(g, backend=counter, fullgraph=True, dynamic=True)
-    first, frames = inputs[0], []
-    for extra in (0, 3):  # another size of the last dimension (D, or the width)
-        xs = (torch.randn(*first.shape[:-1], first.shape[-1] + extra, dtype=first.dtype), *inputs[1:])
-        eager = [t.clone().requires_grad_() for t in xs]
-        lazy = [t.clone().requires_grad_() for t in xs]
-        expected, got = g(*eager), compiled(*lazy)
+    frames = []
+    for extra, value in ((0, floats[0]), (3, floats[0]), (3, floats[1])):  # another size of the last dimension
+        x = torch.randn(*first.shape[:-1], first.shape[-1] + extra, dtype=first.dtype)
+        eager, lazy = x.clone().requires_grad_(), x.clone().requires_grad_()
+        expected, got = g(eager, value), compiled(lazy, value)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-        for a, b in zip(torch.autograd.grad(got, lazy), torch.autograd.grad(expected, eager)):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(got, lazy)[0], torch.autograd.grad(expected, eager)[0],
+                                   rtol=1e-10, atol=1e-12)
         frames.append(counter.frame_count)
     assert frames[1] == frames[0], f"recompiled for a new input size: {frames}"
