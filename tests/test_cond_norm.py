@@ -114,3 +114,14 @@ def test_expanded_running_stats_are_fine_when_only_read():
 def test_bad_input(call, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+def test_reference_running_update_is_a_valid_custom_op():
+    """The reference's in-place update is a custom op (so that torch.func sees an opaque side effect): opcheck it."""
+    from dfkd_fast.reference.cond_norm import update_running_stats
+
+    mean, var = torch.randn(3), torch.rand(3)
+    torch.library.opcheck(update_running_stats, (torch.zeros(3), torch.ones(3), mean, var, 8, 0.1))
+    rm = torch.zeros(3)
+    update_running_stats(rm, None, mean, var, 8, 0.5)
+    torch.testing.assert_close(rm, 0.5 * mean)
