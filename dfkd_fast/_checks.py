@@ -85,8 +85,9 @@ def in_vmap() -> bool:
     """Whether the call runs under ``torch.func.vmap`` (whose batched tensors cannot be read with ``.item()``)."""
     if torch.compiler.is_compiling():
         return False
-    stack = torch._C._functorch.get_interpreter_stack() or ()
-    return any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
+    functorch = torch._C._functorch  # private, but what torch.func itself reads; guarded for other versions
+    stack = (functorch.get_interpreter_stack() if hasattr(functorch, "get_interpreter_stack") else None) or ()
+    return any(level.key() == functorch.TransformType.Vmap for level in stack)
 
 
 def not_expanded(fn: str, name: str, value: torch.Tensor) -> None:
