@@ -138,7 +138,7 @@ def class_conditional_batch_norm(
         labels: ``[N]`` integer class of each sample, in ``[0, num_classes)``.
         weight, bias: ``[num_classes, C]`` per-class scale (gamma) and shift (beta) tables.
         running_mean, running_var: ``[C]`` running statistics, updated in place in training mode; used instead of
-            the batch statistics in eval mode. Both or neither.
+            the batch statistics in eval mode. Both or neither; not ``expand()``ed views when they are updated.
         training: batch statistics (and a running-statistics update) if True.
         momentum: running-statistics momentum, as in ``nn.BatchNorm2d``.
         eps: added to the variance (1e-3, as in CPSC-DFKD's generator).

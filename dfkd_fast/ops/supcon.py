@@ -155,7 +155,8 @@ def supcon_loss(
             of the same synthetic image.
         labels: ``[B]`` integer classes (the generator's condition labels); positives share a label. ``None`` is the
             SimCLR case: the positives of a sample are its other views.
-        temperature, base_temperature: the loss is ``-(T / T_base) * mean log-probability of the positives``.
+        temperature, base_temperature: the loss is ``-(T / T_base) * mean log-probability of the positives``;
+            ``1 / T`` and ``T / T_base`` must be finite normal numbers of the compute dtype.
         contrast_mode: ``"all"`` (every view is an anchor) or ``"one"`` (only view 0 is).
         normalize: L2-normalise the features first (fused into the kernel on the fused backend).
         backend: ``"auto"``, ``"fused"`` or ``"reference"`` (default: :func:`dfkd_fast.get_backend`).
