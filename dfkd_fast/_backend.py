@@ -1,7 +1,7 @@
 """Backend selection and the optional compiled extension.
 
-Every functional op takes ``backend="auto" | "fused" | "reference"`` (``None`` = the process default, from
-:func:`set_backend` or the ``DFKD_FAST_BACKEND`` environment variable):
+Every functional op takes ``backend="auto" | "fused" | "reference"`` (``None`` = the calling thread's
+:func:`use_backend` block, else the process default from :func:`set_backend` or ``DFKD_FAST_BACKEND``):
 
 * ``reference``: the plain-PyTorch formula in :mod:`dfkd_fast.reference`, differentiated by autograd.
 * ``fused``: the custom op with its fused kernel. Triton ops run natively on CUDA and under the Triton interpreter
@@ -13,6 +13,7 @@ Every functional op takes ``backend="auto" | "fused" | "reference"`` (``None`` =
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import warnings
@@ -31,28 +32,35 @@ def _check_backend_name(name: object, where: str) -> str:
 
 
 _default: str = _check_backend_name(os.environ.get("DFKD_FAST_BACKEND", "auto"), "DFKD_FAST_BACKEND")
+# use_backend's choice: local to the thread (a new thread starts with no override) and to the asyncio task
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("dfkd_fast_backend", default=None)
 
 
 def set_backend(name: Backend) -> str:
-    """Set the process-wide default backend; returns the previous one."""
+    """Set the process-wide default backend (every thread); returns the previous one.
+
+    Inside a ``use_backend`` block of the calling thread, that block's choice still wins until it ends.
+    """
     global _default
     previous, _default = _default, _check_backend_name(name, "set_backend")
     return previous
 
 
 def get_backend() -> str:
-    """The process-wide default backend."""
-    return _default
+    """The default backend of the calling thread: its innermost ``use_backend`` block's, else the process default."""
+    override = _override.get()
+    return _default if override is None else override
 
 
 @contextlib.contextmanager
 def use_backend(name: Backend) -> Iterator[None]:
-    """Context manager that sets the default backend for the duration of a block."""
-    previous = set_backend(name)
+    """Context manager that sets the default backend for the duration of a block, in the calling thread only
+    (a ``contextvars`` variable: other threads, and asyncio tasks started outside the block, keep theirs)."""
+    token = _override.set(_check_backend_name(name, "use_backend"))
     try:
         yield
     finally:
-        set_backend(previous)
+        _override.reset(token)
 
 
 def triton_interpreting() -> bool:
@@ -117,7 +125,7 @@ def _triton_unavailable(device_type: str) -> str | None:
 
 def use_fused(op: str, backend: str | None, device: torch.device, kind: Literal["triton", "cpp"]) -> bool:
     """Resolve ``backend`` for one call of ``op`` on ``device``: True = fused kernel, False = reference."""
-    name = _check_backend_name(_default if backend is None else backend, op)
+    name = _check_backend_name(get_backend() if backend is None else backend, op)
     if name == "reference":
         return False
     reason = _triton_unavailable(device.type) if kind == "triton" else extension_missing(device.type)

@@ -61,7 +61,8 @@ def same_device(fn: str, reference_name: str, reference: torch.Tensor, **others:
 def positive(fn: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{fn}: argument '{name}' must be a float, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) a float argument is a SymFloat
+    if not 0 < value < math.inf:  # also false for NaN
         raise ValueError(f"{fn}: argument '{name}' must be a finite number > 0, got {value}")
     return float(value)
 
@@ -80,9 +81,27 @@ def choice(fn: str, name: str, value: object, allowed: Sequence[object]) -> None
         raise ValueError(f"{fn}: argument '{name}' must be one of {tuple(allowed)}, got {value!r}")
 
 
-def can_inspect_values(*tensors: torch.Tensor) -> bool:
-    """Whether reading tensor data is free: CPU tensors, not under torch.compile tracing."""
+def in_vmap() -> bool:
+    """Whether the call runs under ``torch.func.vmap`` (whose batched tensors cannot be read with ``.item()``)."""
     if torch.compiler.is_compiling():
+        return False
+    functorch = torch._C._functorch  # private, but what torch.func itself reads; guarded for other versions
+    stack = (functorch.get_interpreter_stack() if hasattr(functorch, "get_interpreter_stack") else None) or ()
+    return any(level.key() == functorch.TransformType.Vmap for level in stack)
+
+
+def not_expanded(fn: str, name: str, value: torch.Tensor) -> None:
+    """A tensor updated in place must not have several elements in one memory location (an ``expand()``ed view)."""
+    if value.numel() > 1 and 0 in value.stride():
+        raise ValueError(
+            f"{fn}: argument '{name}' is updated in place but is an expanded (stride-0) view with shape "
+            f"{tuple(value.shape)} and stride {value.stride()}; pass a tensor that owns its elements (e.g. .clone())"
+        )
+
+
+def can_inspect_values(*tensors: torch.Tensor) -> bool:
+    """Whether reading tensor data is free: CPU tensors, not under torch.compile tracing nor torch.func.vmap."""
+    if torch.compiler.is_compiling() or in_vmap():
         return False
     return all(t.device.type == "cpu" for t in tensors)
 

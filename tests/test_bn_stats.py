@@ -1,6 +1,9 @@
 """bn_stats_loss and BNStatsLoss: the reference against DeepInversion's hook formula, the hooks over a model, the
 custom ops, compile, bad inputs."""
 
+import copy
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -99,6 +102,7 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.bn_stats_loss(X[0, 0, 0], RM, RV), ValueError, "'x' must have 2 or 3 or 4 or 5 dimensions"),
     (lambda: dfkd_fast.bn_stats_loss(X.long(), RM, RV), TypeError, "'x' must have dtype"),
     (lambda: dfkd_fast.bn_stats_loss(X[:0], RM, RV), ValueError, "'x' must be non-empty"),
+    (lambda: dfkd_fast.bn_stats_loss(X[:0], RM, RV, backend="fused"), ValueError, "'x' must be non-empty"),
     (lambda: dfkd_fast.bn_stats_loss(X, RM[:2], RV), ValueError, "'running_mean' must have shape \\(3,\\)"),
     (lambda: dfkd_fast.bn_stats_loss(X, RM, RV.view(3, 1)), ValueError, "'running_var' must have 1 dimensions"),
     (lambda: dfkd_fast.bn_stats_loss(X, RM.int(), RV), TypeError, "'running_mean' must have dtype"),
@@ -111,3 +115,40 @@ BAD_INPUTS = [
 def test_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_hooks_keep_each_threads_terms_apart():
+    """Two threads forwarding one model: each gets the sum of its own forwards, not a mix of both."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4)).eval()
+    bn_loss = BNStatsLoss(net, backend="reference")
+    batches = [torch.randn(2, 3, 3, 3) * (i + 1) for i in range(2)]
+    expected = []
+    for batch in batches:
+        net(batch)
+        expected.append(bn_loss())
+    barrier = threading.Barrier(2, timeout=30)
+    got = [None, None]
+
+    def worker(i):
+        net(batches[i])
+        barrier.wait()  # both threads have collected their terms before either reads them
+        if i == 1:
+            with bn_loss.paused():  # pausing is per thread too
+                barrier.wait()
+                net(batches[i])
+        else:
+            barrier.wait()
+            net(batches[i])  # collected: only thread 1 is paused
+            net(batches[i])
+        got[i] = bn_loss()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.testing.assert_close(got[0], 3 * expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+    net(batches[0])
+    copy.deepcopy(net)  # the hooks hold the loss module, whose per-thread state is not copied
+    torch.testing.assert_close(bn_loss(), expected[0])

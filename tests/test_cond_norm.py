@@ -77,10 +77,51 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.class_conditional_batch_norm(X, LAB, W, B, momentum=1.5), ValueError, "'momentum'"),
     (lambda: dfkd_fast.class_conditional_batch_norm(X, LAB, W.to("meta"), B.to("meta")), ValueError,
      "'weight' is on meta"),
+    (lambda: dfkd_fast.class_conditional_batch_norm(X, LAB, W, B, torch.zeros(1).expand(3), torch.ones(3)),
+     ValueError, "'running_mean' is updated in place but is an expanded (stride-0) view"),
+    (lambda: dfkd_fast.class_conditional_batch_norm(X, LAB, W, B, torch.zeros(3), torch.ones(1).expand(3)),
+     ValueError, "'running_var' is updated in place"),
+    (lambda: dfkd_fast.class_conditional_batch_norm(X.clone().index_fill_(2, torch.tensor([1]), float("nan")), LAB,
+                                                    W, B), ValueError, "'x' contains NaN or infinite values"),
+    (lambda: dfkd_fast.class_conditional_batch_norm(X, LAB, W.clone().fill_(float("inf")), B), ValueError,
+     "'weight' contains NaN"),
+    (lambda: dfkd_fast.class_conditional_batch_norm(X, LAB, W, B.clone().fill_(float("nan"))), ValueError,
+     "'bias' contains NaN"),
+    (lambda: dfkd_fast.class_conditional_batch_norm(X, LAB, W, B, torch.zeros(3), torch.full((3,), float("inf")),
+                                                    training=False), ValueError, "'running_var' contains NaN"),
 ]
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_eval_empty_batch_on_every_backend(backend):
+    """N = 0 in eval mode works as in nn.BatchNorm2d (the reference used to fail on view(0, -1, ...))."""
+    x = torch.randn(0, 3, 2, 2, requires_grad=True)
+    weight = torch.randn(2, 3, requires_grad=True)
+    y = dfkd_fast.class_conditional_batch_norm(x, torch.zeros(0, dtype=torch.long), weight, torch.zeros(2, 3),
+                                               torch.zeros(3), torch.ones(3), training=False, backend=backend)
+    assert y.shape == x.shape == nn.BatchNorm2d(3).eval()(x).shape
+    dx, dweight = torch.autograd.grad(y.sum(), (x, weight))
+    assert dx.shape == x.shape and torch.equal(dweight, torch.zeros_like(weight))
+
+
+def test_expanded_running_stats_are_fine_when_only_read():
+    y = dfkd_fast.class_conditional_batch_norm(X, LAB, W, B, torch.zeros(1).expand(3), torch.ones(1).expand(3),
+                                               training=False)
+    torch.testing.assert_close(y, X / (1 + 1e-3) ** 0.5)
 
 
 @pytest.mark.parametrize("call,error,message", BAD_INPUTS)
 def test_bad_input(call, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+def test_reference_running_update_is_a_valid_custom_op():
+    """The reference's in-place update is a custom op (so that torch.func sees an opaque side effect): opcheck it."""
+    from dfkd_fast.reference.cond_norm import update_running_stats
+
+    mean, var = torch.randn(3), torch.rand(3)
+    torch.library.opcheck(update_running_stats, (torch.zeros(3), torch.ones(3), mean, var, 8, 0.1))
+    rm = torch.zeros(3)
+    update_running_stats(rm, None, mean, var, 8, 0.5)
+    torch.testing.assert_close(rm, 0.5 * mean)

@@ -113,6 +113,15 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.supcon_loss(F, L, base_temperature=-1.0), ValueError, "'base_temperature'"),
     (lambda: dfkd_fast.supcon_loss(F, L, temperature=math.nan), ValueError, "'temperature'"),
     (lambda: dfkd_fast.supcon_loss(F, L, contrast_mode="two"), ValueError, "'contrast_mode' must be one of"),
+    (lambda: dfkd_fast.supcon_loss(F, L, temperature=1e-39), ValueError,
+     "'temperature' must be >= 2.939e-39 for torch.float32 features"),
+    (lambda: dfkd_fast.supcon_loss(F.half(), L, temperature=1e-39), ValueError, "'temperature' must be >= "),
+    (lambda: dfkd_fast.supcon_loss(F.double(), L, temperature=1e-310), ValueError,
+     "'temperature' must be >= 5.563e-309 for torch.float64"),
+    (lambda: dfkd_fast.supcon_loss(F, L, temperature=1e30, base_temperature=1e-20), ValueError,
+     "'temperature' / 'base_temperature' must be a normal torch.float32 number"),
+    (lambda: dfkd_fast.supcon_loss_pairs(F[:, 0], L, F[:, 0], L, temperature=1e-39), ValueError,
+     "supcon_loss_pairs: argument 'temperature' must be >="),
     (lambda: dfkd_fast.supcon_loss(torch.full((4, 2, 3), math.inf), L), ValueError, "NaN or infinite"),
     (lambda: dfkd_fast.supcon_loss(F[:0], L[:0]), ValueError, "non-empty"),
     (lambda: dfkd_fast.supcon_loss(F, L, backend="cuda"), ValueError, "backend must be one of"),
@@ -121,6 +130,27 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.supcon_loss_pairs(F[:, 0], L, F[:, 0], L, self_offset=1), ValueError, "'self_offset'"),
     (lambda: dfkd_fast.supcon_loss_pairs(F[:, 0], L, F[:, 0], L[:2]), ValueError, "'contrast_labels' must have"),
 ]
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_small_float64_temperature_is_fine(backend):
+    """1e-39 overflows float32's reciprocal, not float64's: allowed for float64 features, and finite."""
+    loss = dfkd_fast.supcon_loss(F.double(), L, temperature=1e-39, base_temperature=1e-39, normalize=True,
+                                 backend=backend)
+    ref = supcon_loss_reference(F.double(), L, temperature=1e-39, base_temperature=1e-39, normalize=True)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_empty_inputs_behave_alike_on_every_backend(backend):
+    with pytest.raises(ValueError, match="'features' must be non-empty"):
+        dfkd_fast.supcon_loss(F[:0], L[:0], backend=backend)
+    with pytest.raises(ValueError, match="'anchors' must be a non-empty"):
+        dfkd_fast.supcon_loss_pairs(F[:0, 0], L[:0], F[:, 0], L, backend=backend)
+    anchors = F[:, 0].clone().requires_grad_()
+    loss = dfkd_fast.supcon_loss_pairs(anchors, L, F[:0, 0], L[:0], backend=backend)  # nothing to contrast with
+    assert loss.item() == 0.0 and torch.equal(torch.autograd.grad(loss, anchors)[0], torch.zeros_like(anchors))
 
 
 @pytest.mark.parametrize("call,error,message", BAD_INPUTS)

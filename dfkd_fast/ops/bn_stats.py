@@ -14,6 +14,7 @@ from torch import Tensor
 
 from dfkd_fast import _checks
 from dfkd_fast._backend import use_fused
+from dfkd_fast.ops import _autograd
 from dfkd_fast.reference._common import compute_dtype
 from dfkd_fast.reference.bn_stats import bn_stats_loss_reference
 
@@ -53,10 +54,23 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _grad_mean, _grad_var):
-    return bn_stats_bwd(grad_loss, *ctx.saved_tensors), None, None
+    return _apply_bwd(grad_loss, *ctx.saved_tensors), None, None
 
 
-torch.library.register_autograd("dfkd_fast::bn_stats_fwd", _backward, setup_context=_setup_context)
+def _setup_bwd(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])  # grad_loss, x, running_mean, running_var
+
+
+def _double_backward(ctx, grad_dx):
+    grad_loss, x, running_mean, running_var = ctx.saved_tensors
+    gg, gx = _autograd.reference_double_backward(
+        lambda x_: bn_stats_loss_reference(x_, running_mean, running_var), grad_loss, (x,), (grad_dx,)
+    )
+    return gg, gx, None, None, None, None
+
+
+_apply_fwd = _autograd.register(bn_stats_fwd, _setup_context, _backward)
+_apply_bwd = _autograd.register(bn_stats_bwd, _setup_bwd, _double_backward)
 
 
 def bn_stats_loss(
@@ -78,5 +92,5 @@ def bn_stats_loss(
     _checks.same_device(fn, "x", x, running_mean=running_mean, running_var=running_var)
     _checks.finite(fn, "x", x)
     if use_fused(fn, backend, x.device, "triton"):
-        return bn_stats_fwd(x, running_mean.detach(), running_var.detach())[0]
+        return _apply_fwd(x, running_mean.detach(), running_var.detach())[0]
     return bn_stats_loss_reference(x, running_mean.detach(), running_var.detach())

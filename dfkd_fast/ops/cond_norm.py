@@ -14,6 +14,7 @@ from torch import Tensor
 
 from dfkd_fast import _checks
 from dfkd_fast._backend import use_fused
+from dfkd_fast.ops import _autograd
 from dfkd_fast.reference._common import compute_dtype
 from dfkd_fast.reference.cond_norm import class_conditional_batch_norm_reference
 
@@ -74,11 +75,31 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _grad_mean, _grad_var):
-    dx, dweight, dbias = cond_norm_bwd(grad_y, *ctx.saved_tensors, *ctx.params)
+    dx, dweight, dbias = _apply_bwd(grad_y, *ctx.saved_tensors, *ctx.params)
     return dx, None, dweight, dbias, None, None, None, None
 
 
-torch.library.register_autograd("dfkd_fast::cond_norm_fwd", _backward, setup_context=_setup_context)
+def _setup_bwd(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6])  # grad_y, x, labels, weight, mean, var
+    ctx.params = inputs[6:]
+
+
+def _double_backward(ctx, grad_dx, grad_dweight, grad_dbias):
+    grad_y, x, labels, weight, mean, var = ctx.saved_tensors
+    use_batch_stats, eps = ctx.params
+    stats = (None, None) if use_batch_stats else (mean, var)
+
+    def reference(x_, weight_, bias_):
+        return class_conditional_batch_norm_reference(x_, labels, weight_, bias_, *stats, training=False, eps=eps)
+
+    # y is linear in bias: the value of the bias (not an input of the backward) changes no derivative
+    gy, gx, gw, _ = _autograd.reference_double_backward(reference, grad_y, (x, weight, torch.zeros_like(weight)),
+                                                        (grad_dx, grad_dweight, grad_dbias))
+    return gy, gx, None, gw, None, None, None, None
+
+
+_apply_fwd = _autograd.register(cond_norm_fwd, _setup_context, _backward)
+_apply_bwd = _autograd.register(cond_norm_bwd, _setup_bwd, _double_backward)
 
 
 # A separate op: an op with an autograd formula must not mutate its inputs.
@@ -117,7 +138,7 @@ def class_conditional_batch_norm(
         labels: ``[N]`` integer class of each sample, in ``[0, num_classes)``.
         weight, bias: ``[num_classes, C]`` per-class scale (gamma) and shift (beta) tables.
         running_mean, running_var: ``[C]`` running statistics, updated in place in training mode; used instead of
-            the batch statistics in eval mode. Both or neither.
+            the batch statistics in eval mode. Both or neither; not ``expand()``ed views when they are updated.
         training: batch statistics (and a running-statistics update) if True.
         momentum: running-statistics momentum, as in ``nn.BatchNorm2d``.
         eps: added to the variance (1e-3, as in CPSC-DFKD's generator).
@@ -149,13 +170,24 @@ def class_conditional_batch_norm(
         raise ValueError(
             f"{fn}: expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}"
         )
+    updates_running = training and running_mean is not None
+    if updates_running:
+        _checks.not_expanded(fn, "running_mean", running_mean)
+        _checks.not_expanded(fn, "running_var", running_var)
+        if _checks.in_vmap():
+            raise RuntimeError(f"{fn}: cannot update 'running_mean'/'running_var' in place under torch.func.vmap (one "
+                             "update per sample); use training=False, no running statistics, or no vmap")
+    for name, value in (("x", x), ("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                        ("running_var", running_var)):
+        if value is not None:
+            _checks.finite(fn, name, value)
     use_batch_stats = training or running_mean is None
     if not use_fused(fn, backend, x.device, "triton"):
         return class_conditional_batch_norm_reference(
             x, labels, weight, bias, running_mean, running_var, training, momentum, eps
         )
-    y, mean, var = cond_norm_fwd(x, labels.to(torch.int64), weight, bias, running_mean, running_var,
-                                 use_batch_stats, float(eps))
-    if training and running_mean is not None:
+    y, mean, var = _apply_fwd(x, labels.to(torch.int64), weight, bias, running_mean, running_var,
+                                     use_batch_stats, float(eps))
+    if updates_running:
         cond_norm_update_running(running_mean, running_var, mean, var, count, float(momentum))
     return y

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from dfkd_fast import _checks
 from dfkd_fast._backend import use_fused
+from dfkd_fast.ops import _autograd
 from dfkd_fast.reference._common import compute_dtype
 from dfkd_fast.reference.supcon import flatten_views, supcon_loss_pairs_reference
 
@@ -90,17 +91,38 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _grad_lse, _grad_num_pos):
-    d_anchors, d_contrast = supcon_bwd(grad_loss, *ctx.saved_tensors, *ctx.params)
+    d_anchors, d_contrast = _apply_bwd(grad_loss, *ctx.saved_tensors, *ctx.params)
     return d_anchors, None, d_contrast, None, None, None, None, None
 
 
-torch.library.register_autograd("dfkd_fast::supcon_fwd", _backward, setup_context=_setup_context)
+def _setup_bwd(ctx, inputs, output):
+    grad_loss, anchors, anchor_labels, contrast, contrast_labels, _lse, _num_pos, *params = inputs
+    ctx.save_for_backward(grad_loss, anchors, anchor_labels, contrast, contrast_labels)
+    ctx.params = params
+
+
+def _double_backward(ctx, grad_d_anchors, grad_d_contrast):
+    grad_loss, anchors, anchor_labels, contrast, contrast_labels = ctx.saved_tensors
+    inv_temperature, scale, self_offset, normalize = ctx.params
+    temperature = 1.0 / inv_temperature
+
+    def reference(a, c):
+        return supcon_loss_pairs_reference(a, anchor_labels, c, contrast_labels, temperature, temperature / scale,
+                                           None if self_offset == NO_SELF else self_offset, normalize)
+
+    gg, ga, gc = _autograd.reference_double_backward(reference, grad_loss, (anchors, contrast),
+                                                     (grad_d_anchors, grad_d_contrast))
+    return gg, ga, None, gc, None, None, None, None, None, None, None
+
+
+_apply_fwd = _autograd.register(supcon_fwd, _setup_context, _backward)
+_apply_bwd = _autograd.register(supcon_bwd, _setup_bwd, _double_backward)
 
 
 def _dispatch(fn, anchors, anchor_labels, contrast, contrast_labels, temperature, base_temperature, self_offset,
               normalize, backend) -> Tensor:
     if use_fused(fn, backend, anchors.device, "triton"):
-        loss, _, _ = supcon_fwd(
+        loss, _, _ = _apply_fwd(
             anchors,
             anchor_labels.to(torch.int64),
             contrast,
@@ -133,7 +155,8 @@ def supcon_loss(
             of the same synthetic image.
         labels: ``[B]`` integer classes (the generator's condition labels); positives share a label. ``None`` is the
             SimCLR case: the positives of a sample are its other views.
-        temperature, base_temperature: the loss is ``-(T / T_base) * mean log-probability of the positives``.
+        temperature, base_temperature: the loss is ``-(T / T_base) * mean log-probability of the positives``;
+            ``1 / T`` and ``T / T_base`` must be finite normal numbers of the compute dtype.
         contrast_mode: ``"all"`` (every view is an anchor) or ``"one"`` (only view 0 is).
         normalize: L2-normalise the features first (fused into the kernel on the fused backend).
         backend: ``"auto"``, ``"fused"`` or ``"reference"`` (default: :func:`dfkd_fast.get_backend`).
@@ -149,7 +172,7 @@ def supcon_loss(
     if labels is not None:
         _checks.labels(fn, "labels", labels, batch)
         _checks.same_device(fn, "features", features, labels=labels)
-    _check_temperatures(fn, temperature, base_temperature)
+    _check_temperatures(fn, temperature, base_temperature, features.dtype)
     _checks.choice(fn, "contrast_mode", contrast_mode, ("all", "one"))
     _checks.finite(fn, "features", features)
     anchors, anchor_labels, contrast, contrast_labels = flatten_views(features, labels, contrast_mode)
@@ -195,13 +218,22 @@ def supcon_loss_pairs(
     )
     if self_offset is not None:
         _checks.integer(fn, "self_offset", self_offset, low=0, high=contrast.shape[0] - anchors.shape[0])
-    _check_temperatures(fn, temperature, base_temperature)
+    _check_temperatures(fn, temperature, base_temperature, anchors.dtype)
     _checks.finite(fn, "anchors", anchors)
     _checks.finite(fn, "contrast", contrast)
     return _dispatch(fn, anchors, anchor_labels, contrast, contrast_labels, temperature, base_temperature,
                      self_offset, normalize, backend)
 
 
-def _check_temperatures(fn: str, temperature: float, base_temperature: float) -> None:
+def _check_temperatures(fn: str, temperature: float, base_temperature: float, dtype: torch.dtype) -> None:
     _checks.positive(fn, "temperature", temperature)
     _checks.positive(fn, "base_temperature", base_temperature)
+    # 1/T scales the logits and T/T_base the loss, both as numbers of the compute dtype: neither may overflow it
+    acc = compute_dtype(dtype)
+    limit = torch.finfo(acc)
+    if 1.0 / temperature > limit.max:
+        raise ValueError(f"{fn}: argument 'temperature' must be >= {1.0 / limit.max:.4g} for {dtype} features (its "
+                         f"reciprocal must be a finite {acc}), got {temperature}")
+    if not limit.tiny <= temperature / base_temperature <= limit.max:
+        raise ValueError(f"{fn}: arguments 'temperature' / 'base_temperature' must be a normal {acc} number "
+                         f"(in [{limit.tiny:.4g}, {limit.max:.4g}]), got {temperature} / {base_temperature}")

@@ -14,6 +14,7 @@ import torch
 from dfkd_fast.reference._common import compute_dtype, reduce_dims
 
 
+@torch.library.custom_op("dfkd_fast::update_running_stats", mutates_args=("running_mean", "running_var"))
 def update_running_stats(
     running_mean: torch.Tensor | None,
     running_var: torch.Tensor | None,
@@ -22,13 +23,22 @@ def update_running_stats(
     count: int,
     momentum: float,
 ) -> None:
-    """In-place running-statistics update of nn.BatchNorm (``var`` is the biased batch variance)."""
+    """In-place running-statistics update of nn.BatchNorm (``var`` is the biased batch variance).
+
+    A custom op, not for speed: torch.func transforms see it as the opaque side effect it is (``torch.func.grad``
+    refuses an in-place update of a captured tensor written in plain PyTorch), as they see the fused backend's.
+    """
     with torch.no_grad():
         if running_mean is not None:
             running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
         if running_var is not None:
             unbiased = var * (count / max(count - 1, 1))
             running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+@update_running_stats.register_fake
+def _(running_mean, running_var, mean, var, count, momentum):
+    return None
 
 
 def class_conditional_batch_norm_reference(
@@ -47,14 +57,14 @@ def class_conditional_batch_norm_reference(
     dims = reduce_dims(x)
     if training or running_mean is None or running_var is None:
         var, mean = torch.var_mean(xa, dim=dims, correction=0)
-        if training:
+        if training and (running_mean is not None or running_var is not None):
             count = x.numel() // x.shape[1]
             update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
     else:
         mean, var = running_mean.to(acc), running_var.to(acc)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     x_hat = (xa - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
-    per_sample = (x.shape[0], -1) + (1,) * (x.dim() - 2)
+    per_sample = x.shape[:2] + (1,) * (x.dim() - 2)  # not -1: ambiguous for an empty batch
     gamma = weight[labels].to(acc).view(per_sample)
     beta = bias[labels].to(acc).view(per_sample)
     return (gamma * x_hat + beta).to(x.dtype)
