@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import dfkd_fast._backend as backend_mod
 from dfkd_fast import adjacency_to_pyg, binary_concrete_adjacency
 from dfkd_fast._backend import extension_missing
-from dfkd_fast.reference.binary_concrete import perturbed_logits
+from dfkd_fast.ops.binary_concrete import saved_extra_bytes
+from dfkd_fast.reference.binary_concrete import edge_budget, perturbed_logits
 
 needs_ext = pytest.mark.skipif(extension_missing("cpu") is not None, reason="dfkd_fast._C is not built")
 pytestmark = needs_ext
@@ -140,15 +141,43 @@ def test_opcheck(budget):
     _, threshold_z, threshold_idx = torch.ops.dfkd_fast.binary_concrete_fwd(logits, counts, *fwd_args[2:])
     bwd_args = (torch.randn(3, 7, 7), logits, counts, threshold_z, threshold_idx, TAU, SEED, OFFSET, True)
     torch.library.opcheck(torch.ops.dfkd_fast.binary_concrete_bwd.default, bwd_args)
+    adj = torch.ops.dfkd_fast.binary_concrete_fwd(logits, counts, *fwd_args[2:])[0]
+    torch.library.opcheck(torch.ops.dfkd_fast.binary_concrete_bwd_sample.default, (torch.randn(3, 7, 7), adj, TAU, True))
 
 
-def test_saves_no_adjacency_sized_tensor():
-    logits = torch.randn(4, 33, 33, requires_grad=True)
+@pytest.mark.parametrize("budget", [{}, {"k": 30}], ids=["all", "k"])
+@pytest.mark.parametrize("hard", [False, True], ids=["relaxed", "hard"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["fp32", "fp64", "bf16"])
+def test_saved_bytes(dtype, hard, budget):
+    """The documented figure (saved_extra_bytes): a relaxed fp32/fp64 backward keeps only its own output, the others
+    the logits and a few bytes per graph; the user's tensors are not counted, anything else is."""
+    logits = torch.randn(4, 33, 33, dtype=dtype, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        sample(logits, [33, 20, 5, 1], "fused", k=30)
-    new = [t for t in saved if t.data_ptr() != logits.data_ptr()]
-    assert new and all(t.numel() <= logits.shape[0] for t in new), [tuple(t.shape) for t in new]
+        adj = sample(logits, [33, 20, 5, 1], "fused", hard=hard, **budget)
+    ours = {logits.untyped_storage().data_ptr(), adj.untyped_storage().data_ptr()}
+    extra = sum(t.numel() * t.element_size() for t in saved if t.untyped_storage().data_ptr() not in ours)
+    assert extra == saved_extra_bytes(4, dtype, hard, bool(budget))
+    reads_sample = not hard and dtype != torch.bfloat16
+    threshold_z = 8 if dtype == torch.float64 else 4
+    assert extra == (0 if reads_sample else 4 * (threshold_z + 8 + 8 + (8 if budget else 0)))
+    assert any(t is adj for t in saved) == reads_sample  # the relaxed sample itself, not a copy
+    assert all(t.numel() <= 4 for t in saved if t is not adj and t is not logits)  # nothing n^2 besides
+
+
+@pytest.mark.parametrize("budget", [{}, {"k": 12}], ids=["all", "k"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "dir"])
+def test_backward_from_sample_equals_recompute(symmetric, budget):
+    """Reading y from the output gives the recompute path's bits (the same y, the same expression)."""
+    logits = torch.randn(3, 21, 21) * 2
+    counts = torch.tensor([21, 9, 0])
+    grad = torch.randn(3, 21, 21)
+    ops = torch.ops.dfkd_fast
+    kt = edge_budget(counts, symmetric, budget.get("k"))
+    adj, tz, ti = ops.binary_concrete_fwd(logits, counts, kt, TAU, SEED, OFFSET, symmetric, False, True)
+    from_sample = ops.binary_concrete_bwd_sample(grad, adj, TAU, symmetric)
+    recomputed = ops.binary_concrete_bwd(grad, logits, counts, tz, ti, TAU, SEED, OFFSET, symmetric)
+    assert torch.equal(from_sample, recomputed)
 
 
 def test_compile_fullgraph_parity():

@@ -2,9 +2,12 @@
 
 The C++ ops ``dfkd_fast::binary_concrete_fwd`` / ``dfkd_fast::binary_concrete_bwd`` (schemas in csrc/dfkd_fast.cpp,
 kernels in csrc/cpu and csrc/cuda) get their fake kernels and autograd formula here. The forward returns the
-adjacency and, per graph, the budget threshold ``(z, flat index)`` of the last kept pair; the backward recomputes the
-noise from ``(seed, offset)`` and rebuilds the kept pairs from the thresholds, so nothing the size of the adjacency is
-saved. The maths is in :mod:`dfkd_fast.reference.binary_concrete`; without ``dfkd_fast._C`` the reference runs.
+adjacency and, per graph, the budget threshold ``(z, flat index)`` of the last kept pair. The backward of a relaxed
+float32/float64 sample reads the sample (``dy * y (1 - y) / tau``: the output is saved, no new bytes, no noise
+recomputed); for hard samples and float16/bfloat16 it recomputes the noise from ``(seed, offset)`` and rebuilds the
+kept pairs from the thresholds (12 bytes per graph). Double backward is exact on every backend (a differentiable
+formula runs under ``create_graph=True``). The maths is in :mod:`dfkd_fast.reference.binary_concrete`; without
+``dfkd_fast._C`` the reference runs.
 """
 
 from __future__ import annotations
@@ -36,26 +39,76 @@ def _fake_bwd(grad, logits, num_nodes, threshold_z, threshold_idx, tau, seed, of
     return logits.new_empty(logits.shape)
 
 
+def _fake_bwd_sample(grad, sample, tau, symmetric):
+    return sample.new_empty(sample.shape)
+
+
+# What the backward keeps, per case (B graphs of n x n, itemsize s of the logits), beyond the caller's logits and the
+# returned adjacency (saved_extra_bytes gives the figure; tests/test_binary_concrete_fused.py counts it):
+# * relaxed float32/float64 sample: the sample itself, the op's output, which is alive anyway wherever a later layer
+#   uses it: 0 bytes, and dlogit = dy * y (1 - y) / tau is read from it with no noise recomputed;
+# * hard samples (0/1: y is not in the output) and float16/bfloat16 (y rounded to 8-11 bits would spoil y (1 - y)):
+#   the logits, the node counts and budget (8 bytes per graph each) and the thresholds (12 bytes per graph, 16 for
+#   float64), and the backward recomputes the noise from (seed, offset); saving y instead would cost B n^2 s bytes.
+# The choice is the same on every device, so that CPU and CUDA gradients stay the same numbers.
+def saved_extra_bytes(batch: int, dtype: torch.dtype, hard: bool, budget: bool) -> int:
+    """Bytes the backward of ``binary_concrete_adjacency`` keeps beyond its logits and its output."""
+    if _reads_sample(hard, dtype):
+        return 0
+    return batch * (torch.finfo(compute_dtype(dtype)).bits // 8 + 8 + 8 + (8 if budget else 0))
+
+
+def _reads_sample(hard: bool, dtype: torch.dtype) -> bool:
+    return not hard and dtype in (torch.float32, torch.float64)
+
+
 def _setup_context(ctx, inputs, output):
-    logits, num_nodes, _budget, tau, seed, offset, symmetric, _hard, _self_loops = inputs
-    _adj, threshold_z, threshold_idx = output
-    ctx.save_for_backward(logits, num_nodes, threshold_z, threshold_idx)
+    logits, num_nodes, budget, tau, seed, offset, symmetric, hard, _self_loops = inputs
+    adj, threshold_z, threshold_idx = output
     ctx.mark_non_differentiable(threshold_z, threshold_idx)
+    ctx.reads_sample = _reads_sample(hard, logits.dtype)
+    if ctx.reads_sample:
+        ctx.save_for_backward(adj)
+    else:
+        ctx.save_for_backward(logits, num_nodes, threshold_z, threshold_idx, budget)
     ctx.params = (tau, seed, offset, symmetric)
 
 
 def _backward(ctx, grad, _grad_threshold_z, _grad_threshold_idx):
-    logits, num_nodes, threshold_z, threshold_idx = ctx.saved_tensors
+    tau, seed, offset, symmetric = ctx.params
+    nones = (None,) * 8
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable formula, so that double backward is exact
+        return (_differentiable_backward(ctx, grad), *nones)
+    if ctx.reads_sample:
+        (adj,) = ctx.saved_tensors
+        return (torch.ops.dfkd_fast.binary_concrete_bwd_sample(grad, adj, tau, symmetric), *nones)
+    logits, num_nodes, threshold_z, threshold_idx, _budget = ctx.saved_tensors
     d_logits = torch.ops.dfkd_fast.binary_concrete_bwd(grad, logits, num_nodes, threshold_z, threshold_idx,
                                                        *ctx.params)
-    return d_logits, None, None, None, None, None, None, None, None
+    return (d_logits, *nones)
 
 
-# The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
+def _differentiable_backward(ctx, grad: Tensor) -> Tensor:
+    """``dy * y (1 - y) / tau`` (upper triangle, both mirrored dy, when symmetric) in torch ops, with ``y`` the
+    relaxed sample as a function of the logits: the saved output, or a relaxed redraw for hard samples. Its own
+    gradient is then the exact second derivative, as the reference's autograd gives."""
+    tau, seed, offset, symmetric = ctx.params
+    if ctx.reads_sample:
+        (y,) = ctx.saved_tensors
+    else:
+        logits, num_nodes, _tz, _ti, budget = ctx.saved_tensors
+        y = torch.ops.dfkd_fast.binary_concrete_fwd(logits, num_nodes, budget, tau, seed, offset, symmetric, False,
+                                                    False)[0]
+    d = grad * (y * (1 - y) / tau)
+    return (d + d.mT).triu(1) if symmetric else d
+
+
+# The schemas live in the extension# The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
 # reported, once, when a call asks for the fused backend).
 if importlib.util.find_spec("dfkd_fast._C") is not None and extension() is not None:
     torch.library.register_fake("dfkd_fast::binary_concrete_fwd")(_fake_fwd)
     torch.library.register_fake("dfkd_fast::binary_concrete_bwd")(_fake_bwd)
+    torch.library.register_fake("dfkd_fast::binary_concrete_bwd_sample")(_fake_bwd_sample)
     torch.library.register_autograd("dfkd_fast::binary_concrete_fwd", _backward, setup_context=_setup_context)
 
 
