@@ -2,7 +2,7 @@
 //
 // Forward, per graph: z of each row's candidate pairs (Philox blocks drawn a row chunk at a time, all rounds of a
 // chunk vectorised), turned into samples straight into the output row; with a budget, z of the whole graph goes to
-// a per-thread buffer first and the threshold is found with std::nth_element. The lower triangle of a symmetric graph
+// a per-thread buffer first and the threshold is found by a radix select on order-preserving integer keys. The lower triangle of a symmetric graph
 // is then mirrored from the upper one, and only the diagonal and the padding are filled: no element is written twice
 // and nothing the size of the batch is allocated besides the output.
 //
@@ -23,6 +23,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <type_traits>
@@ -99,10 +100,58 @@ DFKD_VECTOR_CLONES void write_samples(scalar_t* out, const acc_t* z, int64_t cou
   }
 }
 
+// Order-preserving unsigned keys of z (larger z, larger key; -0 folded into +0, so that key equality is z equality).
+uint32_t ordered_key(float z) {
+  uint32_t u;
+  z = z == 0.f ? 0.f : z;
+  std::memcpy(&u, &z, sizeof u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+uint64_t ordered_key(double z) {
+  uint64_t u;
+  z = z == 0.0 ? 0.0 : z;
+  std::memcpy(&u, &z, sizeof u);
+  return (u & (1ull << 63)) ? ~u : (u | (1ull << 63));
+}
+template <typename acc_t, typename key_t>
+acc_t key_value(key_t key) {
+  constexpr key_t sign = key_t(1) << (sizeof(key_t) * 8 - 1);
+  const key_t u = (key & sign) ? (key & ~sign) : ~key;
+  acc_t z;
+  std::memcpy(&z, &u, sizeof z);
+  return z;
+}
+
+// The k-th largest (1-based) of keys[0, count): a radix select, 11 bits a pass, each pass keeping only the keys of
+// the chosen digit (in place, in `keys`). Returns the key and sets `rank` to k's rank among the keys equal to it.
+template <typename key_t>
+key_t kth_largest(key_t* keys, int64_t count, int64_t k, int64_t& rank) {
+  constexpr int kDigit = 11;
+  key_t prefix = 0;
+  int64_t hist[1 << kDigit];
+  for (int shift = static_cast<int>(sizeof(key_t) * 8); shift > 0;) {
+    const int width = std::min(shift, kDigit);
+    shift -= width;
+    const key_t mask = (key_t(1) << width) - 1;
+    std::fill(hist, hist + (1 << width), int64_t(0));
+    for (int64_t t = 0; t < count; ++t) ++hist[(keys[t] >> shift) & mask];
+    key_t bin = mask;
+    while (hist[bin] < k) k -= hist[bin--];
+    prefix |= bin << shift;
+    int64_t kept = 0;
+    for (int64_t t = 0; t < count; ++t) {
+      if (((keys[t] >> shift) & mask) == bin) keys[kept++] = keys[t];
+    }
+    count = kept;
+  }
+  rank = k;
+  return prefix;
+}
+
 // The budget threshold (z_t, index_t) of one graph: its k-th candidate in the order (larger z, lower index).
 // z holds the graph's candidates at their flat indices.
-template <typename acc_t>
-void budget_threshold(const acc_t* z, int64_t n, int64_t nodes, bool symmetric, int64_t k, std::vector<acc_t>& scratch,
+template <typename acc_t, typename key_t>
+void budget_threshold(const acc_t* z, int64_t n, int64_t nodes, bool symmetric, int64_t k, std::vector<key_t>& keys,
                       acc_t& threshold_z, int64_t& threshold_idx) {
   const int64_t pairs = symmetric ? nodes * (nodes - 1) / 2 : nodes * (nodes - 1);
   if (k <= 0) {
@@ -111,18 +160,17 @@ void budget_threshold(const acc_t* z, int64_t n, int64_t nodes, bool symmetric, 
     return;
   }
   if (k >= pairs) return;  // keep every candidate: the caller's default (-inf, INT64_MAX)
-  scratch.clear();
+  keys.resize(pairs);
+  int64_t m = 0;
   for (int64_t i = 0; i < nodes; ++i) {
     const acc_t* row = z + i * n;
     for (int64_t j = row_begin(i, symmetric); j < nodes; ++j) {
-      if (j != i) scratch.push_back(row[j]);
+      if (j != i) keys[m++] = ordered_key(row[j]);
     }
   }
-  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<acc_t>());
-  const acc_t zk = scratch[k - 1];
-  int64_t need = k - std::count_if(scratch.begin(), scratch.end(), [zk](acc_t v) { return v > zk; });
+  int64_t need = 0;  // how many of the candidates equal to z_t are kept: the first ones in index order
+  const acc_t zk = key_value<acc_t>(kth_largest(keys.data(), pairs, k, need));
   threshold_z = zk;
-  // Among the candidates equal to z_t, the first `need` in index order are kept.
   for (int64_t i = 0; i < nodes && need > 0; ++i) {
     for (int64_t j = row_begin(i, symmetric); j < nodes; ++j) {
       if (j != i && z[i * n + j] == zk && --need == 0) {
@@ -161,7 +209,7 @@ void fwd_kernel(scalar_t* out, acc_type<scalar_t>* threshold_z, int64_t* thresho
   at::parallel_for(0, batch, grain_for(n), [&](int64_t begin, int64_t end) {
     // z of a row, or with a budget of the whole graph (candidates at their flat index, the rest unused).
     std::vector<acc_t> z(budget != nullptr ? nn : n);
-    std::vector<acc_t> scratch;
+    std::vector<decltype(ordered_key(acc_t(0)))> keys;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t nodes = checked_nodes(num_nodes, b, n);
       const int64_t base = b * nn;
@@ -174,7 +222,7 @@ void fwd_kernel(scalar_t* out, acc_type<scalar_t>* threshold_z, int64_t* thresho
           noisy_logits(z.data() + e, logits + base + e, static_cast<uint64_t>(base + e), nodes - row_begin(i, symmetric),
                        seed, offset);
         }
-        budget_threshold(z.data(), n, nodes, symmetric, budget[b], scratch, tz, ti);
+        budget_threshold(z.data(), n, nodes, symmetric, budget[b], keys, tz, ti);
       }
       threshold_z[b] = tz;
       threshold_idx[b] = ti;
