@@ -9,6 +9,7 @@ import torch
 import dfkd_fast
 from dfkd_fast.nn import BinaryConcreteAdjacency
 from dfkd_fast.reference import binary_concrete_adjacency_reference, philox_uniform
+from dfkd_fast.reference.binary_concrete import exp_neg_f32, log_f64, sigmoid_f32
 from dfkd_fast.reference.philox import philox4x32
 
 BACKENDS = ["reference", "fused"]
@@ -45,6 +46,28 @@ def test_philox_op_opcheck_and_compile():
     torch.library.opcheck(torch.ops.dfkd_fast.philox_uniform.default, (10, 3, 4, torch.device("cpu")))
     compiled = torch.compile(lambda: philox_uniform(9, 3, 4) * 2, fullgraph=True)
     torch.testing.assert_close(compiled(), philox_uniform(9, 3, 4) * 2, rtol=0, atol=0)
+
+
+def test_noise_rounds_like_torch_log_for_every_uniform():
+    """log_f64 (the kernels' log, correctly rounded arithmetic only) gives, for all 2^23 uniforms, the float32 noise
+    of float64 torch.log(u) - torch.log1p(-u), and agrees with torch.log to ~1 ulp in float64."""
+    u = (torch.arange(2**23, dtype=torch.float64) + 0.5) * 2.0**-23
+    ours = log_f64(u / (1 - u))
+    assert torch.equal(ours.float(), (torch.log(u) - torch.log1p(-u)).float())
+    q = torch.logspace(-24, 24, 100_001, base=2.0, dtype=torch.float64)
+    torch.testing.assert_close(log_f64(q), torch.log(q), rtol=2 * 2.0**-52, atol=2 * 2.0**-52)
+
+
+def test_float32_sigmoid_is_accurate():
+    """exp_neg_f32 within 1 ulp of exp, sigmoid_f32 within 2 ulp of the float64 sigmoid (flushing below 2^-125)."""
+    eps = torch.finfo(torch.float32).eps
+    a = torch.linspace(0, 87, 200_001, dtype=torch.float32)[:-1]
+    exact = torch.exp(-a.double())
+    assert ((exp_neg_f32(a).double() - exact).abs() / exact).max() <= eps
+    assert exp_neg_f32(torch.tensor([87.0, 200.0, float("inf")])).eq(0).all()
+    t = torch.linspace(-80, 80, 200_001, dtype=torch.float32)
+    exact = torch.sigmoid(t.double())
+    assert ((sigmoid_f32(t).double() - exact).abs() / exact).max() <= 2 * eps
 
 
 def test_relaxed_values_follow_the_formula():
@@ -132,6 +155,29 @@ def test_gradcheck(backend, kwargs):
         torch.testing.assert_close(g_hard, g_soft)
     else:
         assert torch.autograd.gradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs", [{}, {"k": 4}, {"hard": True, "k": 4}, {"symmetric": False, "self_loops": True}])
+def test_double_backward(backend, kwargs):
+    """Issue 14 item 4: double backward through the C++ path returned zeros. Every backend now gives the exact
+    second derivative (gradgradcheck in float64), and the backends agree."""
+    logits = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: dfkd_fast.binary_concrete_adjacency(t, [5, 4], 0.8, seed=1, offset=4, backend=backend, **kwargs)
+    assert torch.autograd.gradgradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hard": True, "ratio": 0.5}, {"symmetric": False}])
+def test_second_derivatives_agree_across_backends(kwargs):
+    logits = torch.randn(3, 6, 6, dtype=torch.float64, requires_grad=True)
+    weight, direction = torch.randn(3, 6, 6, dtype=torch.float64), torch.randn(3, 6, 6, dtype=torch.float64)
+    results = []
+    for backend in BACKENDS:
+        adj = dfkd_fast.binary_concrete_adjacency(logits, [6, 4, 1], 0.6, seed=3, backend=backend, **kwargs)
+        (grad,) = torch.autograd.grad((adj * weight).sum(), logits, create_graph=True)
+        results.append(torch.autograd.grad((grad * direction).sum(), logits)[0])
+    assert results[1].abs().sum() > 0
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"hard": True, "k": 3}, {"symmetric": False, "ratio": 0.3}])

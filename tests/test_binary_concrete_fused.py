@@ -1,7 +1,8 @@
 """The C++ (CPU) and CUDA kernels of binary_concrete_adjacency against the plain-PyTorch reference.
 
-Same (seed, offset) => the same sample: hard samples exactly, relaxed values within 1e-6 (fp32; 1e-12 in fp64), on
-padded batches of mixed node counts, symmetric or not, with and without an edge budget. The reference-level
+Same (seed, offset) => the same sample: hard samples and float32/float16/bfloat16 relaxed values to the bit, float64
+relaxed values within 1e-12 (their sigmoid uses the platform's exp), on padded batches of mixed node counts,
+symmetric or not, with and without an edge budget. The reference-level
 properties (Philox vectors, Bernoulli frequencies, budget sizes) are in test_binary_concrete.py.
 """
 
@@ -26,7 +27,8 @@ SEED, OFFSET = 1234, 5
 # Mixed node counts padded to n = 64 (Philox groups aligned with rows) and to n = 67 (groups straddle rows and graphs).
 BATCHES = {64: [1, 2, 17, 64], 67: [0, 1, 2, 17, 67]}
 BUDGETS = [{}, {"k": 25}, {"ratio": 0.3}]
-TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
+TOL = {torch.float64: 1e-12, torch.float32: 0.0}  # 0: the same bits
+GRAD_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
 def sample(logits, counts, backend, **kw):
@@ -40,7 +42,7 @@ def both(logits, counts, **kw):
 
 def assert_same_sample(fused, ref, hard, tol):
     assert fused.dtype == ref.dtype and fused.shape == ref.shape
-    if hard:
+    if hard or tol == 0:
         assert torch.equal(fused, ref)
     else:
         assert torch.equal(fused != 0, ref != 0), "different kept pairs"
@@ -65,8 +67,21 @@ def test_low_precision_logits(dtype):
     logits = (torch.randn(len(counts), 67, 67) * 2).to(dtype)
     for hard in (False, True):
         fused, ref = both(logits, counts, hard=hard, k=40)
-        # Both compute in float32 and round once; a 1e-7 difference can flip that rounding by one ulp.
-        assert_same_sample(fused, ref, hard, torch.finfo(dtype).eps)
+        assert_same_sample(fused, ref, hard, 0.0)  # the same float32 bits, rounded once
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "dir"])
+def test_relaxed_samples_are_bit_identical_over_streams(symmetric):
+    """Issue 15 item 11: relaxed float32 samples of the kernel and the reference used to differ by 1-2 ulp in most
+    (seed, offset) pairs; every pair now gives the same bits (the noise and the sigmoid use only correctly rounded
+    arithmetic, step for step alike)."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 16, 16, generator=gen) * 3
+    for trial in range(100):
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        kw = {"seed": seed, "offset": trial * 7919, "tau": [0.1, 0.5, 2 / 3, 3.0][trial % 4], "symmetric": symmetric}
+        fused, ref = both(logits, [16, 11], **kw)
+        assert torch.equal(fused, ref), (seed, kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -104,7 +119,8 @@ def test_gradients_match_reference(dtype, symmetric, hard, budget):
         adj = sample(logits, counts, backend, symmetric=symmetric, hard=hard, **budget)
         (grad,) = torch.autograd.grad((adj * weight).sum(), base)
         grads.append(grad)
-    tol = TOL[dtype]
+    # The reference differentiates torch.sigmoid, the kernel y (1 - y) of its own (1-2 ulp apart) y.
+    tol = GRAD_TOL[dtype]
     torch.testing.assert_close(grads[0], grads[1], atol=tol, rtol=tol * 10)
     assert grads[0].abs().sum() > 0
 
