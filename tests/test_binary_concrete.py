@@ -1,7 +1,10 @@
 """binary_concrete_adjacency: Philox known answers, the Bernoulli law of hard samples, the budget, structure,
 gradients, the PyG conversion, the module's stream, compile and bad inputs. Properties run on both backends."""
 
+import copy
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -241,6 +244,57 @@ def test_compile_fullgraph_matches_eager():
                                torch.autograd.grad(expected.sum(), logits)[0])
 
 
+def test_module_shared_by_threads_draws_distinct_streams(monkeypatch):
+    """Issue 15 item 9: threads sharing a sampler read the same offset (read, sample, then increment). Sampling is
+    slowed down here so that the old order loses the race every time."""
+    import dfkd_fast.nn.binary_concrete as module
+
+    sample = module.binary_concrete_adjacency
+
+    def slow(*args, **kwargs):
+        time.sleep(0.002)  # another thread runs here
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(module, "binary_concrete_adjacency", slow)
+    sampler = BinaryConcreteAdjacency(0.5, seed=3)
+    logits = torch.randn(2, 6, 6)
+    with ThreadPoolExecutor(4) as pool:
+        samples = list(pool.map(lambda _: sampler(logits, [6, 5]), range(16)))
+    assert sampler.offset == 16
+    expected = [sample(logits, [6, 5], 0.5, seed=3, offset=o) for o in range(16)]
+    used = sorted(next(o for o, e in enumerate(expected) if torch.equal(s, e)) for s in samples)
+    assert used == list(range(16))  # every offset exactly once
+
+
+def test_module_deep_copies():
+    sampler = BinaryConcreteAdjacency(0.5, seed=3)
+    sampler(torch.randn(1, 4, 4), [4])
+    assert copy.deepcopy(sampler).offset == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("budget", [{}, {"k": 3}, {"ratio": 0.5}])
+def test_empty_batch(backend, budget):
+    """Issue 15 item 10: the reference crashed for B = 0 with a budget."""
+    logits = torch.randn(0, 5, 5, requires_grad=True)
+    adj = dfkd_fast.binary_concrete_adjacency(logits, [], 0.5, seed=1, backend=backend, **budget)
+    assert adj.shape == (0, 5, 5)
+    adj.sum().backward()
+    assert logits.grad.shape == (0, 5, 5)
+
+
+@pytest.mark.parametrize("max_edges", [None, 0, 5])
+def test_adjacency_to_pyg_without_any_node(max_edges):
+    """Issue 15 item 12: only empty graphs with max_edges gave edges to node 0 of a batch with no node."""
+    adj = torch.zeros(3, 4, 4, requires_grad=True)
+    edge_index, weight, batch = dfkd_fast.adjacency_to_pyg(adj, [0, 0, 0], max_edges=max_edges)
+    assert edge_index.shape == (2, 0) and weight.shape == (0,) and batch.shape == (0,)
+    assert edge_index.dtype == batch.dtype == torch.int64
+    weight.sum().backward()  # still part of the graph
+    nn_pyg = pytest.importorskip("torch_geometric.nn")
+    assert nn_pyg.GCNConv(3, 2)(torch.zeros(0, 3), edge_index, weight).shape == (0, 2)
+
+
 LG = torch.randn(2, 4, 4)
 BAD_INPUTS = [
     (lambda: dfkd_fast.binary_concrete_adjacency(LG[:, :3], [4, 4]), ValueError, "must be square"),
@@ -256,6 +310,13 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], seed=-1), ValueError, "'seed'"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], offset=2**64), ValueError, "'offset'"),
     (lambda: dfkd_fast.adjacency_to_pyg(LG, [4, 4], max_edges=-2), ValueError, "'max_edges'"),
+    # issue 15 item 13: counts on another device than the data; a tau that is 0 (or inf) in float32
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, torch.tensor([4, 4], device="meta")), ValueError,
+     "'num_nodes' is on meta but 'logits' is on cpu"),
+    (lambda: dfkd_fast.adjacency_to_pyg(LG, torch.tensor([4, 4], device="meta")), ValueError,
+     "'num_nodes' is on meta but 'adj' is on cpu"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], 1e-300), ValueError, "'tau' = 1e-300 is not a normal float32"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG.half(), [4, 4], 1e300), ValueError, "'tau' = 1e\\+300"),
 ]
 
 

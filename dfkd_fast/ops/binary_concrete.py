@@ -112,12 +112,18 @@ if importlib.util.find_spec("dfkd_fast._C") is not None and extension() is not N
     torch.library.register_autograd("dfkd_fast::binary_concrete_fwd", _backward, setup_context=_setup_context)
 
 
-def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: torch.device) -> Tensor:
+def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: torch.device,
+                      data: str = "logits", move: bool = True) -> Tensor:
+    """The checked counts as int64, on ``device`` (``move``) or where they are."""
     if isinstance(num_nodes, (list, tuple)):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in num_nodes):
             raise TypeError(f"{fn}: argument 'num_nodes' must be a list of ints or an integer tensor")
         num_nodes = torch.tensor(num_nodes, dtype=torch.int64)
     t = _checks.tensor(fn, "num_nodes", num_nodes, ndim=1, dtypes=_checks.INDEX_DTYPES)
+    # Counts on the CPU are welcome anywhere (copied without a sync); elsewhere they must be on the data's device.
+    if t.device.type != "cpu" and t.device != device:
+        raise ValueError(f"{fn}: argument 'num_nodes' is on {t.device} but '{data}' is on {device}; pass the counts "
+                         f"on {device} or on the CPU")
     if t.shape[0] != batch:
         raise ValueError(f"{fn}: argument 'num_nodes' must have one count per graph (length {batch}), "
                          f"got shape {tuple(t.shape)}")
@@ -126,7 +132,17 @@ def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: to
         if low < 0 or high > n:
             raise ValueError(f"{fn}: argument 'num_nodes' must hold node counts in [0, {n}] (the padded size n), "
                              f"found {low if low < 0 else high}")
-    return _to_device(t.to(torch.int64), device)
+    t = t.to(torch.int64)
+    return _to_device(t, device) if move else t
+
+
+def _check_tau_precision(fn: str, tau: float, dtype: torch.dtype) -> None:
+    """The samplers divide by tau in float32 unless the logits are float64: tau must stay a normal, finite float32
+    (1e-300 would be 0 there, and every gradient NaN)."""
+    if dtype != torch.float64 and not torch.finfo(torch.float32).tiny <= tau <= torch.finfo(torch.float32).max:
+        raise ValueError(f"{fn}: argument 'tau' = {tau!r} is not a normal float32 number, the precision the sampler "
+                         f"computes in for {str(dtype).replace('torch.', '')} logits; use tau in [1.2e-38, 3.4e38] "
+                         "or float64 logits")
 
 
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -178,6 +194,7 @@ def binary_concrete_adjacency(
         raise ValueError(f"{fn}: argument 'logits' allows at most {MAX_NODES} nodes per graph, got n = {n}")
     num_nodes_t = _num_nodes_tensor(fn, num_nodes, batch, n, logits.device)
     tau = _checks.positive(fn, "tau", tau)
+    _check_tau_precision(fn, tau, logits.dtype)
     for name, flag in (("symmetric", symmetric), ("hard", hard), ("self_loops", self_loops)):
         if not isinstance(flag, bool):
             raise TypeError(f"{fn}: argument '{name}' must be a bool, got {type(flag).__name__}")
@@ -216,7 +233,7 @@ def adjacency_to_pyg(
     * ``max_edges=None``: every nonzero off-diagonal entry is an edge (E depends on the data: one host sync).
     * ``max_edges=k``: the ``k`` largest entries of each graph (pairs when ``symmetric``), so E is fixed and nothing
       waits for the device. Graphs with fewer candidate pairs are padded with zero-weight edges, which add nothing
-      to weighted sum/mean aggregation or to GCN degrees.
+      to weighted sum/mean aggregation or to GCN degrees. A batch without any node gets no edges at all (E = 0).
     ``symmetric``: read the upper triangle and list both directions of each pair (PyG's undirected convention).
     ``num_nodes`` on the CPU (a list or CPU tensor) keeps the conversion free of device syncs.
     """
@@ -225,14 +242,16 @@ def adjacency_to_pyg(
     batch, rows, n = adj.shape
     if rows != n:
         raise ValueError(f"{fn}: argument 'adj' must be square per graph, [B, n, n], got shape {tuple(adj.shape)}")
-    counts = _num_nodes_tensor(fn, num_nodes, batch, n, torch.device("cpu") if isinstance(num_nodes, (list, tuple))
-                               else num_nodes.device)
+    counts = _num_nodes_tensor(fn, num_nodes, batch, n, adj.device, data="adj", move=False)
     if max_edges is not None:
         _checks.integer(fn, "max_edges", max_edges, low=0)
     device = adj.device
+    total = int(counts.sum())  # no device sync when the counts live on the CPU
+    if total == 0:  # no node at all: no edge, padding or not, has a node to point at
+        empty = torch.zeros(2, 0, dtype=torch.int64, device=device)
+        return empty, adj.reshape(-1)[:0], torch.zeros(0, dtype=torch.int64, device=device)
     counts_dev = _to_device(counts, device)
     starts = torch.cumsum(counts_dev, 0) - counts_dev
-    total = int(counts.sum())  # no device sync when the counts live on the CPU
     graph_of_node = torch.repeat_interleave(torch.arange(batch, device=device), counts_dev, output_size=total)
     nodes = node_mask(counts_dev, n)
     candidates = nodes[:, :, None] & nodes[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=device)
@@ -254,7 +273,7 @@ def adjacency_to_pyg(
     src = starts[b] + i
     dst = starts[b] + j
     if max_edges is not None:  # zero-weight padding of a graph with no node at all must still index a real node
-        src, dst = src.clamp(max=max(total - 1, 0)), dst.clamp(max=max(total - 1, 0))
+        src, dst = src.clamp(max=total - 1), dst.clamp(max=total - 1)
     if symmetric:
         src, dst, weight = torch.cat([src, dst]), torch.cat([dst, src]), torch.cat([weight, weight])
     return torch.stack([src, dst]), weight, graph_of_node

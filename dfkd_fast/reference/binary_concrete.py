@@ -147,8 +147,8 @@ def perturbed_logits(
 
 def budget_mask(z: torch.Tensor, candidates: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
     """The ``budget[b]`` candidates of largest ``z`` in each graph (ties to the lower flat index)."""
-    batch = z.shape[0]
-    scores = z.masked_fill(~candidates, float("-inf")).reshape(batch, -1)
+    batch, n = z.shape[0], z.shape[-1]
+    scores = z.masked_fill(~candidates, float("-inf")).reshape(batch, n * n)  # (not -1: B = 0 must work)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     positions = torch.arange(scores.shape[1], device=z.device).expand(batch, -1)
     rank = torch.empty_like(order).scatter_(1, order, positions)
