@@ -170,12 +170,21 @@ def binary_concrete_adjacency(
     """Sample Binary Concrete (relaxed Bernoulli) adjacency matrices for a padded batch of graphs.
 
     ``y = sigmoid((logits + log u - log(1 - u)) / tau)`` with Philox noise ``u`` drawn from ``(seed, offset)``, on the
-    pairs of valid nodes; see :mod:`dfkd_fast.reference.binary_concrete` for the exact definition.
+    pairs of valid nodes; see :mod:`dfkd_fast.reference.binary_concrete` for the exact definition. Every backend
+    draws the same bits for float32/float16/bfloat16 logits (float64: the same noise and hard samples, relaxed
+    values within ~1e-16).
+
+    Backward: a relaxed float32/float64 sample is read back (``dy * y (1 - y) / tau``; 0 bytes saved beyond the
+    output, which must then not be modified in place before the backward); hard samples and float16/bfloat16
+    recompute the noise and keep 20-36 bytes per graph (``saved_extra_bytes``). Double backward is exact on every
+    backend.
 
     Args:
         logits: ``[B, n, n]`` edge logits (only the strict upper triangle is read when ``symmetric``).
-        num_nodes: ``[B]`` node count of each graph (``<= n``); the padding rows/columns are 0.
-        tau: temperature (> 0); 2/3 is Maddison et al.'s recommendation for binary variables.
+        num_nodes: ``[B]`` node count of each graph (``<= n``); the padding rows/columns are 0. A list, a CPU
+            tensor (copied without a sync) or a tensor on the logits' device.
+        tau: temperature (> 0, and a normal float32 number unless the logits are float64); 2/3 is Maddison et
+            al.'s recommendation for binary variables.
         seed, offset: the noise stream; the same pair gives the same sample on every device and backend.
             ``seed=None`` draws one from torch's default CPU generator.
         symmetric: undirected graphs (mirrored upper triangle), else directed edges.
