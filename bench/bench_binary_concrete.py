@@ -4,6 +4,7 @@ with every node present, tau 0.5, relaxed and with the ratio-0.1 budget.
 
     pytest bench/bench_binary_concrete.py                 # CPU: (64, 128, 128); GPU: (64, 1024, 1024), (4096, 32, 32)
     pytest bench/bench_binary_concrete.py --benchmark-disable   # smoke run: every case once
+    OMP_NUM_THREADS=1 python -m bench.bench_binary_concrete     # CPU: fused vs the baselines, interleaved, min of 30
 
 The user's baselines (test_binary_concrete_baseline, ``extra_info["impl"]`` naive_torch / relaxed_bernoulli beside
 fused / eager / compile, the same op, shape and mode keys, so that each ratio names its baseline):
@@ -138,3 +139,35 @@ def test_baselines_compute_the_same_law():
             if variant == "budget":
                 assert torch.equal((adj != 0).sum((1, 2)), (ours != 0).sum((1, 2)))
             assert abs(adj.mean().item() - ours.mean().item()) < 0.02, (impl, variant)
+
+
+def _interleaved_ratios(rounds: int = 30) -> None:
+    """fused / naive_torch / relaxed_bernoulli called in turn, the minimum over ``rounds`` of the thread's CPU time:
+    on a shared machine the least disturbed round of each, measured side by side."""
+    import time
+
+    torch.set_num_threads(1)
+    shape = SHAPES[0]
+    logits = torch.randn(shape, device=DEVICE, requires_grad=True)
+    grad = torch.randn(shape, device=DEVICE)
+    for variant in VARIANTS:
+        impls = {"fused": _functions(shape, variant)[0]} | {impl: _baseline(impl, shape, variant) for impl in BASELINES}
+        best: dict[tuple[str, str], float] = {}
+        for _ in range(rounds):
+            for impl, fn in impls.items():
+                t0 = time.thread_time()
+                fn(logits)
+                t1 = time.thread_time()
+                torch.autograd.grad(fn(logits), logits, grad)
+                t2 = time.thread_time()
+                for mode, t in (("fwd", t1 - t0), ("fwd+bwd", t2 - t1)):
+                    best[impl, mode] = min(best.get((impl, mode), t), t)
+        for mode in ("fwd", "fwd+bwd"):
+            fused = best["fused", mode]
+            ratios = "  ".join(f"{impl} {best[impl, mode] * 1e3:.2f} ms ({best[impl, mode] / fused:.2f}x)"
+                               for impl in BASELINES)
+            print(f"{variant:8s} {mode:8s} fused {fused * 1e3:.2f} ms  {ratios}")
+
+
+if __name__ == "__main__":  # OMP_NUM_THREADS=1 python -m bench.bench_binary_concrete (CPU only: thread CPU time)
+    _interleaved_ratios()
