@@ -69,15 +69,19 @@ int64_t row_begin(int64_t i, bool symmetric) {
 // time (each block drawn once), then the noise (a scalar log per element), then the sum.
 template <typename scalar_t, typename acc_t>
 DFKD_VECTOR_CLONES void noisy_logits(acc_t* z, const scalar_t* logits, uint64_t first, int64_t count, uint64_t seed, uint64_t offset) {
+  static_assert(kPhiloxMaxBlocks % 2 == 0, "whole vectors of 8 words");
   uint32_t words[4 * kPhiloxMaxBlocks];
+  acc_t noise[4 * kPhiloxMaxBlocks];
   for (int64_t done = 0; done < count;) {
     const uint64_t e0 = first + static_cast<uint64_t>(done);
     const int skip = static_cast<int>(e0 & 3);
     const int m = static_cast<int>(std::min<int64_t>(count - done, 4 * kPhiloxMaxBlocks - skip));
-    philox_blocks(e0 >> 2, (skip + m + 3) / 4, seed, offset, words);
-    for (int t = 0; t < m; ++t) {
-      z[done + t] = static_cast<acc_t>(logits[done + t]) + bc::logistic<acc_t>(philox_uniform(words[skip + t]));
-    }
+    // An even number of blocks: the noise of all their words is computed in whole vectors, without a scalar tail
+    // (a few unused words cost less than the tail's scalar logs).
+    const int blocks = ((skip + m + 3) / 4 + 1) & ~1;
+    philox_blocks(e0 >> 2, blocks, seed, offset, words);
+    for (int t = 0; t < 4 * blocks; ++t) noise[t] = bc::logistic<acc_t>(philox_uniform(words[t]));
+    for (int t = 0; t < m; ++t) z[done + t] = static_cast<acc_t>(logits[done + t]) + noise[skip + t];
     done += m;
   }
 }
@@ -85,8 +89,8 @@ DFKD_VECTOR_CLONES void noisy_logits(acc_t* z, const scalar_t* logits, uint64_t 
 // Samples of one row segment from its z (branch-free loops, so that they vectorise); `first_idx` is the flat index
 // within the graph of z[0], for the budget comparison.
 template <typename scalar_t, typename acc_t>
-DFKD_VECTOR_CLONES void write_samples(scalar_t* out, const acc_t* z, int64_t count, acc_t tau, bool hard, bool budget, acc_t tz,
-                   int64_t ti, int64_t first_idx) {
+DFKD_VECTOR_CLONES void write_samples(scalar_t* out, const acc_t* z, int64_t count, acc_t tau, bool hard, bool budget,
+                                      acc_t tz, int64_t ti, int64_t first_idx) {
   if (hard) {
     for (int64_t t = 0; t < count; ++t) {
       const bool keep = !budget || bc::kept<acc_t>(z[t], first_idx + t, tz, ti);
