@@ -5,7 +5,7 @@ kernels in csrc/cpu and csrc/cuda) get their fake kernels and autograd formula h
 adjacency and, per graph, the budget threshold ``(z, flat index)`` of the last kept pair. The backward of a relaxed
 float32/float64 sample reads the sample (``dy * y (1 - y) / tau``: the output is saved, no new bytes, no noise
 recomputed); for hard samples and float16/bfloat16 it recomputes the noise from ``(seed, offset)`` and rebuilds the
-kept pairs from the thresholds (12 bytes per graph). Double backward is exact on every backend (a differentiable
+kept pairs from the thresholds (20-36 bytes per graph, see ``saved_extra_bytes``). Double backward is exact on every backend (a differentiable
 formula runs under ``create_graph=True``). The maths is in :mod:`dfkd_fast.reference.binary_concrete`; without
 ``dfkd_fast._C`` the reference runs.
 """
@@ -103,7 +103,7 @@ def _differentiable_backward(ctx, grad: Tensor) -> Tensor:
     return (d + d.mT).triu(1) if symmetric else d
 
 
-# The schemas live in the extension# The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
+# The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
 # reported, once, when a call asks for the fused backend).
 if importlib.util.find_spec("dfkd_fast._C") is not None and extension() is not None:
     torch.library.register_fake("dfkd_fast::binary_concrete_fwd")(_fake_fwd)
