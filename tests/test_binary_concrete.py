@@ -315,7 +315,8 @@ BAD_INPUTS = [
      "'num_nodes' is on meta but 'logits' is on cpu"),
     (lambda: dfkd_fast.adjacency_to_pyg(LG, torch.tensor([4, 4], device="meta")), ValueError,
      "'num_nodes' is on meta but 'adj' is on cpu"),
-    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], 1e-300), ValueError, "'tau' = 1e-300 is not a normal float32"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], 1e-300), ValueError,
+     "'tau' = 1e-300 is not a normal float32"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG.half(), [4, 4], 1e300), ValueError, "'tau' = 1e\\+300"),
 ]
 

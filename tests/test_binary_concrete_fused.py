@@ -158,7 +158,8 @@ def test_opcheck(budget):
     bwd_args = (torch.randn(3, 7, 7), logits, counts, threshold_z, threshold_idx, TAU, SEED, OFFSET, True)
     torch.library.opcheck(torch.ops.dfkd_fast.binary_concrete_bwd.default, bwd_args)
     adj = torch.ops.dfkd_fast.binary_concrete_fwd(logits, counts, *fwd_args[2:])[0]
-    torch.library.opcheck(torch.ops.dfkd_fast.binary_concrete_bwd_sample.default, (torch.randn(3, 7, 7), adj, TAU, True))
+    bwd_sample_args = (torch.randn(3, 7, 7), adj, TAU, True)
+    torch.library.opcheck(torch.ops.dfkd_fast.binary_concrete_bwd_sample.default, bwd_sample_args)
 
 
 @pytest.mark.parametrize("budget", [{}, {"k": 30}], ids=["all", "k"])

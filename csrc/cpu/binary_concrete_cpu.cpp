@@ -2,9 +2,9 @@
 //
 // Forward, per graph: z of each row's candidate pairs (Philox blocks drawn a row chunk at a time, all rounds of a
 // chunk vectorised), turned into samples straight into the output row; with a budget, z of the whole graph goes to
-// a per-thread buffer first and the threshold is found by a radix select on order-preserving integer keys. The lower triangle of a symmetric graph
-// is then mirrored from the upper one, and only the diagonal and the padding are filled: no element is written twice
-// and nothing the size of the batch is allocated besides the output.
+// a per-thread buffer first and the threshold is found by a radix select on order-preserving integer keys. The
+// lower triangle of a symmetric graph is then mirrored from the upper one, and only the diagonal and the padding
+// are filled: no element is written twice and nothing the size of the batch is allocated besides the output.
 //
 // Backward: from the relaxed output (grad = dy * y (1 - y) / tau, nothing recomputed), or, for hard samples and
 // half/bfloat16 outputs, recomputing z from (seed, offset) and the budget thresholds.
@@ -68,7 +68,8 @@ int64_t row_begin(int64_t i, bool symmetric) {
 // z = logit + noise of the flat elements [first, first + count) into z[0, count): Philox a chunk of blocks at a
 // time (each block drawn once), then the noise (a scalar log per element), then the sum.
 template <typename scalar_t, typename acc_t>
-DFKD_VECTOR_CLONES void noisy_logits(acc_t* z, const scalar_t* logits, uint64_t first, int64_t count, uint64_t seed, uint64_t offset) {
+DFKD_VECTOR_CLONES void noisy_logits(acc_t* z, const scalar_t* logits, uint64_t first, int64_t count, uint64_t seed,
+                                     uint64_t offset) {
   static_assert(kPhiloxMaxBlocks % 2 == 0, "whole vectors of 8 words");
   uint32_t words[4 * kPhiloxMaxBlocks];
   acc_t noise[4 * kPhiloxMaxBlocks];
@@ -227,8 +228,8 @@ void fwd_kernel(scalar_t* out, acc_type<scalar_t>* threshold_z, int64_t* thresho
       if (budget != nullptr) {
         for (int64_t i = 0; i < nodes; ++i) {
           const int64_t e = i * n + row_begin(i, symmetric);
-          noisy_logits(z.data() + e, logits + base + e, static_cast<uint64_t>(base + e), nodes - row_begin(i, symmetric),
-                       seed, offset);
+          noisy_logits(z.data() + e, logits + base + e, static_cast<uint64_t>(base + e),
+                       nodes - row_begin(i, symmetric), seed, offset);
         }
         budget_threshold(z.data(), n, nodes, symmetric, budget[b], keys, tz, ti);
       }

@@ -1,9 +1,10 @@
 // CUDA kernels of the Binary Concrete adjacency sampler (maths in binary_concrete.h, same numbers as the CPU kernel).
 //
-// Forward and backward work on 32 x 32 tiles. The backward of a relaxed float32/float64 sample reads the sample
-// (bwd_sample_kernel); hard samples and half/bfloat16 recompute z (bwd_kernel), as on the CPU. A block of a symmetric graph takes the tile pair (I, J), I <= J: it
+// Forward and backward work on 32 x 32 tiles. A block of a symmetric graph takes the tile pair (I, J), I <= J: it
 // draws z of the upper tile once (Philox words four at a time), keeps it in shared memory and writes both the tile
-// and its mirror (J, I) coalesced, so the logits' lower triangle is never read and no noise is drawn twice.
+// and its mirror (J, I) coalesced, so the logits' lower triangle is never read and no noise is drawn twice. The
+// backward of a relaxed float32/float64 sample reads the sample (bwd_sample_kernel); hard samples and
+// half/bfloat16 recompute z (bwd_kernel), as on the CPU.
 //
 // The edge budget is a per-graph radix select on the device (no host sync): the keys (z in an order-preserving
 // unsigned encoding) are histogrammed 12 bits at a time into per-graph histograms (integer atomics: deterministic

@@ -5,9 +5,9 @@ kernels in csrc/cpu and csrc/cuda) get their fake kernels and autograd formula h
 adjacency and, per graph, the budget threshold ``(z, flat index)`` of the last kept pair. The backward of a relaxed
 float32/float64 sample reads the sample (``dy * y (1 - y) / tau``: the output is saved, no new bytes, no noise
 recomputed); for hard samples and float16/bfloat16 it recomputes the noise from ``(seed, offset)`` and rebuilds the
-kept pairs from the thresholds (20-36 bytes per graph, see ``saved_extra_bytes``). Double backward is exact on every backend (a differentiable
-formula runs under ``create_graph=True``). The maths is in :mod:`dfkd_fast.reference.binary_concrete`; without
-``dfkd_fast._C`` the reference runs.
+kept pairs from the thresholds (20-36 bytes per graph, see ``saved_extra_bytes``). Double backward is exact on
+every backend (a differentiable formula runs under ``create_graph=True``). The maths is in
+:mod:`dfkd_fast.reference.binary_concrete`; without ``dfkd_fast._C`` the reference runs.
 """
 
 from __future__ import annotations
