@@ -29,6 +29,13 @@ bool is_index_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kInt || t.scalar_type() == at::kLong;
 }
 
+// tau > 0 in the precision the kernels divide by (float unless the logits are double): 1e-300 is 0 in float.
+void check_tau(const char* fn, double tau, at::ScalarType dtype) {
+  TORCH_CHECK(std::isfinite(tau) && tau > 0, fn, ": tau must be a finite number > 0, got ", tau);
+  TORCH_CHECK(dtype == at::kDouble || static_cast<float>(tau) > 0, fn, ": tau = ", tau,
+              " is 0 in float32, the precision of the computation; use tau >= 1e-38 or float64 logits");
+}
+
 void check_graphs(const char* fn, const at::Tensor& logits, const at::Tensor& num_nodes, double tau, int64_t seed,
                   int64_t offset) {
   TORCH_CHECK(logits.dim() == 3 && logits.size(1) == logits.size(2), fn,
@@ -43,7 +50,7 @@ void check_graphs(const char* fn, const at::Tensor& logits, const at::Tensor& nu
   TORCH_CHECK(is_index_dtype(num_nodes), fn, ": num_nodes must be int32 or int64, got ", num_nodes.scalar_type());
   TORCH_CHECK(num_nodes.device() == logits.device(), fn, ": num_nodes is on ", num_nodes.device(),
               " but logits is on ", logits.device());
-  TORCH_CHECK(std::isfinite(tau) && tau > 0, fn, ": tau must be a finite number > 0, got ", tau);
+  check_tau(fn, tau, logits.scalar_type());
   TORCH_CHECK(seed >= 0 && offset >= 0, fn, ": seed and offset must be >= 0, got ", seed, " and ", offset);
 }
 
@@ -131,17 +138,45 @@ at::Tensor binary_concrete_bwd(const at::Tensor& grad, const at::Tensor& logits,
   return grad_logits;
 }
 
+at::Tensor binary_concrete_bwd_sample(const at::Tensor& grad, const at::Tensor& sample, double tau, bool symmetric) {
+  constexpr const char* fn = "binary_concrete_bwd_sample";
+  TORCH_CHECK(sample.dim() == 3 && sample.size(1) == sample.size(2), fn,
+              ": sample must be [B, n, n] (square per graph), got shape ", sample.sizes());
+  TORCH_CHECK(sample.scalar_type() == at::kFloat || sample.scalar_type() == at::kDouble, fn,
+              ": sample must be float32 or float64 (lower precisions recompute the noise), got ", sample.scalar_type());
+  TORCH_CHECK(grad.sizes() == sample.sizes() && grad.scalar_type() == sample.scalar_type() &&
+                  grad.device() == sample.device(),
+              fn, ": grad must match sample (", sample.scalar_type(), " ", sample.sizes(), "), got ",
+              grad.scalar_type(), " ", grad.sizes(), " on ", grad.device());
+  check_tau(fn, tau, sample.scalar_type());
+  const at::Tensor y = sample.contiguous();
+  const at::Tensor g = grad.contiguous();
+  at::Tensor grad_logits = at::empty_like(y);
+  if (y.is_cuda()) {
+#ifdef WITH_CUDA
+    binary_concrete_bwd_sample_cuda(grad_logits, g, y, tau, symmetric);
+#else
+    TORCH_CHECK(false, fn, ": dfkd_fast._C was built without CUDA kernels");
+#endif
+  } else {
+    binary_concrete_bwd_sample_cpu(grad_logits, g, y, tau, symmetric);
+  }
+  return grad_logits;
+}
+
 }  // namespace
 }  // namespace dfkd_fast
 
 TORCH_LIBRARY_IMPL(dfkd_fast, CPU, m) {
   m.impl("binary_concrete_fwd", &dfkd_fast::binary_concrete_fwd);
   m.impl("binary_concrete_bwd", &dfkd_fast::binary_concrete_bwd);
+  m.impl("binary_concrete_bwd_sample", &dfkd_fast::binary_concrete_bwd_sample);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(dfkd_fast, CUDA, m) {
   m.impl("binary_concrete_fwd", &dfkd_fast::binary_concrete_fwd);
   m.impl("binary_concrete_bwd", &dfkd_fast::binary_concrete_bwd);
+  m.impl("binary_concrete_bwd_sample", &dfkd_fast::binary_concrete_bwd_sample);
 }
 #endif

@@ -8,10 +8,12 @@ TORCH_LIBRARY(dfkd_fast, m) {
 
   // Binary Concrete adjacency sampling (csrc/binary_concrete.cpp): the adjacency [B, n, n] and the per-graph budget
   // thresholds (z, flat index) that let the backward rebuild the kept pairs without saving anything of size n^2.
+  // The backward of a relaxed float32/float64 sample reads the sample instead (binary_concrete_bwd_sample).
   m.def("binary_concrete_fwd(Tensor logits, Tensor num_nodes, Tensor? budget, float tau, int seed, int offset, "
         "bool symmetric, bool hard, bool self_loops) -> (Tensor, Tensor, Tensor)");
   m.def("binary_concrete_bwd(Tensor grad, Tensor logits, Tensor num_nodes, Tensor threshold_z, "
         "Tensor threshold_idx, float tau, int seed, int offset, bool symmetric) -> Tensor");
+  m.def("binary_concrete_bwd_sample(Tensor grad, Tensor sample, float tau, bool symmetric) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

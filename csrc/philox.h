@@ -62,18 +62,39 @@ DFKD_HOST_DEVICE double philox_uniform(uint32_t word) {
   return (static_cast<double>(word >> 9) + 0.5) * 0x1p-23;
 }
 
-// Uniforms of the flat elements [first, first + count) into u[0, count), each Philox block drawn once. The blocks
-// are independent iterations, so consecutive ones overlap in the pipeline.
-inline void philox_uniforms(double* u, uint64_t first, int64_t count, uint64_t seed, uint64_t offset) {
-  if (count <= 0) return;
-  const uint64_t end = first + static_cast<uint64_t>(count);
-  for (uint64_t g = first >> 2; g <= (end - 1) >> 2; ++g) {
-    uint32_t words[4];
-    philox4x32_10(g, seed, offset, words);
-    for (uint64_t q = 0; q < 4; ++q) {
-      const uint64_t e = 4 * g + q;
-      if (e >= first && e < end) u[e - first] = philox_uniform(words[q]);
+// The words of the consecutive Philox blocks [g0, g0 + blocks) of stream (seed, offset), block-major:
+// words[4 * l + q] is word q of block g0 + l. The rounds run over all blocks at once (independent lanes), so the
+// compiler vectorises the 32 x 32 -> 64-bit products. blocks <= kPhiloxMaxBlocks.
+constexpr int kPhiloxMaxBlocks = 32;
+inline void philox_blocks(uint64_t g0, int blocks, uint64_t seed, uint64_t offset, uint32_t* words) {
+  uint32_t c0[kPhiloxMaxBlocks], c1[kPhiloxMaxBlocks], c2[kPhiloxMaxBlocks], c3[kPhiloxMaxBlocks];
+  for (int l = 0; l < blocks; ++l) {
+    const uint64_t g = g0 + static_cast<uint64_t>(l);
+    c0[l] = static_cast<uint32_t>(g);
+    c1[l] = static_cast<uint32_t>(g >> 32);
+    c2[l] = static_cast<uint32_t>(offset);
+    c3[l] = static_cast<uint32_t>(offset >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    for (int l = 0; l < blocks; ++l) {
+      const uint64_t p0 = static_cast<uint64_t>(c0[l]) * kPhiloxM0;
+      const uint64_t p1 = static_cast<uint64_t>(c2[l]) * kPhiloxM1;
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[l] ^ k0;
+      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[l] ^ k1;
+      c1[l] = static_cast<uint32_t>(p1);
+      c3[l] = static_cast<uint32_t>(p0);
+      c0[l] = n0;
+      c2[l] = n2;
     }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  for (int l = 0; l < blocks; ++l) {
+    words[4 * l] = c0[l];
+    words[4 * l + 1] = c1[l];
+    words[4 * l + 2] = c2[l];
+    words[4 * l + 3] = c3[l];
   }
 }
 

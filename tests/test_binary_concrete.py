@@ -1,7 +1,10 @@
 """binary_concrete_adjacency: Philox known answers, the Bernoulli law of hard samples, the budget, structure,
 gradients, the PyG conversion, the module's stream, compile and bad inputs. Properties run on both backends."""
 
+import copy
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch
 import dfkd_fast
 from dfkd_fast.nn import BinaryConcreteAdjacency
 from dfkd_fast.reference import binary_concrete_adjacency_reference, philox_uniform
+from dfkd_fast.reference.binary_concrete import exp_neg_f32, log_f64, sigmoid_f32
 from dfkd_fast.reference.philox import philox4x32
 
 BACKENDS = ["reference", "fused"]
@@ -45,6 +49,28 @@ def test_philox_op_opcheck_and_compile():
     torch.library.opcheck(torch.ops.dfkd_fast.philox_uniform.default, (10, 3, 4, torch.device("cpu")))
     compiled = torch.compile(lambda: philox_uniform(9, 3, 4) * 2, fullgraph=True)
     torch.testing.assert_close(compiled(), philox_uniform(9, 3, 4) * 2, rtol=0, atol=0)
+
+
+def test_noise_rounds_like_torch_log_for_every_uniform():
+    """log_f64 (the kernels' log, correctly rounded arithmetic only) gives, for all 2^23 uniforms, the float32 noise
+    of float64 torch.log(u) - torch.log1p(-u), and agrees with torch.log to ~1 ulp in float64."""
+    for chunk in torch.arange(2**23, dtype=torch.float64).chunk(8):  # chunks: ~100 MB of temporaries at a time
+        u = (chunk + 0.5) * 2.0**-23
+        assert torch.equal(log_f64(u / (1 - u)).float(), (torch.log(u) - torch.log1p(-u)).float())
+    q = torch.logspace(-24, 24, 100_001, base=2.0, dtype=torch.float64)
+    torch.testing.assert_close(log_f64(q), torch.log(q), rtol=2 * 2.0**-52, atol=2 * 2.0**-52)
+
+
+def test_float32_sigmoid_is_accurate():
+    """exp_neg_f32 within 1 ulp of exp, sigmoid_f32 within 2 ulp of the float64 sigmoid (flushing below 2^-125)."""
+    eps = torch.finfo(torch.float32).eps
+    a = torch.linspace(0, 87, 200_001, dtype=torch.float32)[:-1]
+    exact = torch.exp(-a.double())
+    assert ((exp_neg_f32(a).double() - exact).abs() / exact).max() <= eps
+    assert exp_neg_f32(torch.tensor([87.0, 200.0, float("inf")])).eq(0).all()
+    t = torch.linspace(-80, 80, 200_001, dtype=torch.float32)
+    exact = torch.sigmoid(t.double())
+    assert ((sigmoid_f32(t).double() - exact).abs() / exact).max() <= 2 * eps
 
 
 def test_relaxed_values_follow_the_formula():
@@ -134,6 +160,29 @@ def test_gradcheck(backend, kwargs):
         assert torch.autograd.gradcheck(fn, (logits,))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs", [{}, {"k": 4}, {"hard": True, "k": 4}, {"symmetric": False, "self_loops": True}])
+def test_double_backward(backend, kwargs):
+    """Issue 14 item 4: double backward through the C++ path returned zeros. Every backend now gives the exact
+    second derivative (gradgradcheck in float64), and the backends agree."""
+    logits = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: dfkd_fast.binary_concrete_adjacency(t, [5, 4], 0.8, seed=1, offset=4, backend=backend, **kwargs)
+    assert torch.autograd.gradgradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"hard": True, "ratio": 0.5}, {"symmetric": False}])
+def test_second_derivatives_agree_across_backends(kwargs):
+    logits = torch.randn(3, 6, 6, dtype=torch.float64, requires_grad=True)
+    weight, direction = torch.randn(3, 6, 6, dtype=torch.float64), torch.randn(3, 6, 6, dtype=torch.float64)
+    results = []
+    for backend in BACKENDS:
+        adj = dfkd_fast.binary_concrete_adjacency(logits, [6, 4, 1], 0.6, seed=3, backend=backend, **kwargs)
+        (grad,) = torch.autograd.grad((adj * weight).sum(), logits, create_graph=True)
+        results.append(torch.autograd.grad((grad * direction).sum(), logits)[0])
+    assert results[1].abs().sum() > 0
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"hard": True, "k": 3}, {"symmetric": False, "ratio": 0.3}])
 def test_backends_agree(kwargs):
     logits = torch.randn(3, 9, 9, requires_grad=True)
@@ -195,6 +244,57 @@ def test_compile_fullgraph_matches_eager():
                                torch.autograd.grad(expected.sum(), logits)[0])
 
 
+def test_module_shared_by_threads_draws_distinct_streams(monkeypatch):
+    """Issue 15 item 9: threads sharing a sampler read the same offset (read, sample, then increment). Sampling is
+    slowed down here so that the old order loses the race every time."""
+    import dfkd_fast.nn.binary_concrete as module
+
+    sample = module.binary_concrete_adjacency
+
+    def slow(*args, **kwargs):
+        time.sleep(0.002)  # another thread runs here
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(module, "binary_concrete_adjacency", slow)
+    sampler = BinaryConcreteAdjacency(0.5, seed=3)
+    logits = torch.randn(2, 6, 6)
+    with ThreadPoolExecutor(4) as pool:
+        samples = list(pool.map(lambda _: sampler(logits, [6, 5]), range(16)))
+    assert sampler.offset == 16
+    expected = [sample(logits, [6, 5], 0.5, seed=3, offset=o) for o in range(16)]
+    used = sorted(next(o for o, e in enumerate(expected) if torch.equal(s, e)) for s in samples)
+    assert used == list(range(16))  # every offset exactly once
+
+
+def test_module_deep_copies():
+    sampler = BinaryConcreteAdjacency(0.5, seed=3)
+    sampler(torch.randn(1, 4, 4), [4])
+    assert copy.deepcopy(sampler).offset == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("budget", [{}, {"k": 3}, {"ratio": 0.5}])
+def test_empty_batch(backend, budget):
+    """Issue 15 item 10: the reference crashed for B = 0 with a budget."""
+    logits = torch.randn(0, 5, 5, requires_grad=True)
+    adj = dfkd_fast.binary_concrete_adjacency(logits, [], 0.5, seed=1, backend=backend, **budget)
+    assert adj.shape == (0, 5, 5)
+    adj.sum().backward()
+    assert logits.grad.shape == (0, 5, 5)
+
+
+@pytest.mark.parametrize("max_edges", [None, 0, 5])
+def test_adjacency_to_pyg_without_any_node(max_edges):
+    """Issue 15 item 12: only empty graphs with max_edges gave edges to node 0 of a batch with no node."""
+    adj = torch.zeros(3, 4, 4, requires_grad=True)
+    edge_index, weight, batch = dfkd_fast.adjacency_to_pyg(adj, [0, 0, 0], max_edges=max_edges)
+    assert edge_index.shape == (2, 0) and weight.shape == (0,) and batch.shape == (0,)
+    assert edge_index.dtype == batch.dtype == torch.int64
+    weight.sum().backward()  # still part of the graph
+    nn_pyg = pytest.importorskip("torch_geometric.nn")
+    assert nn_pyg.GCNConv(3, 2)(torch.zeros(0, 3), edge_index, weight).shape == (0, 2)
+
+
 LG = torch.randn(2, 4, 4)
 BAD_INPUTS = [
     (lambda: dfkd_fast.binary_concrete_adjacency(LG[:, :3], [4, 4]), ValueError, "must be square"),
@@ -210,6 +310,14 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], seed=-1), ValueError, "'seed'"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], offset=2**64), ValueError, "'offset'"),
     (lambda: dfkd_fast.adjacency_to_pyg(LG, [4, 4], max_edges=-2), ValueError, "'max_edges'"),
+    # issue 15 item 13: counts on another device than the data; a tau that is 0 (or inf) in float32
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, torch.tensor([4, 4], device="meta")), ValueError,
+     "'num_nodes' is on meta but 'logits' is on cpu"),
+    (lambda: dfkd_fast.adjacency_to_pyg(LG, torch.tensor([4, 4], device="meta")), ValueError,
+     "'num_nodes' is on meta but 'adj' is on cpu"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], 1e-300), ValueError,
+     "'tau' = 1e-300 is not a normal float32"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG.half(), [4, 4], 1e300), ValueError, "'tau' = 1e\\+300"),
 ]
 
 

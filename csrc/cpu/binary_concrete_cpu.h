@@ -19,4 +19,8 @@ void binary_concrete_bwd_cpu(const at::Tensor& grad_logits, const at::Tensor& gr
                              const at::Tensor& threshold_idx, double tau, uint64_t seed, uint64_t offset,
                              bool symmetric);
 
+// grad_logits [B, n, n] from grad and the relaxed sample [B, n, n] (float32 or float64) the forward returned.
+void binary_concrete_bwd_sample_cpu(const at::Tensor& grad_logits, const at::Tensor& grad, const at::Tensor& sample,
+                                    double tau, bool symmetric);
+
 }  // namespace dfkd_fast

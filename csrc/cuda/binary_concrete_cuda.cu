@@ -2,7 +2,9 @@
 //
 // Forward and backward work on 32 x 32 tiles. A block of a symmetric graph takes the tile pair (I, J), I <= J: it
 // draws z of the upper tile once (Philox words four at a time), keeps it in shared memory and writes both the tile
-// and its mirror (J, I) coalesced, so the logits' lower triangle is never read and no noise is drawn twice.
+// and its mirror (J, I) coalesced, so the logits' lower triangle is never read and no noise is drawn twice. The
+// backward of a relaxed float32/float64 sample reads the sample (bwd_sample_kernel); hard samples and
+// half/bfloat16 recompute z (bwd_kernel), as on the CPU.
 //
 // The edge budget is a per-graph radix select on the device (no host sync): the keys (z in an order-preserving
 // unsigned encoding) are histogrammed 12 bits at a time into per-graph histograms (integer atomics: deterministic
@@ -220,6 +222,47 @@ __global__ void __launch_bounds__(kTileThreads)
     if (symmetric && I != J) {  // the lower triangle gets no gradient
       const int im = j0 + r, jm = i0 + c;
       if (im < n && jm < n) grad_logits[base + static_cast<int64_t>(im) * n + jm] = static_cast<scalar_t>(0);
+    }
+  }
+}
+
+// Backward from the relaxed sample y: dlogit = dy * y (1 - y) / tau, the expression of bwd_kernel (the same bits for
+// float32/float64), without the noise. Padding and dropped pairs have y = 0 and the diagonal y in {0, 1}, so only
+// the lower triangle of a symmetric graph needs zeroing; its upper tile reads the grad of the mirror tile coalesced.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    bwd_sample_kernel(scalar_t* __restrict__ grad_logits,  // [B, n, n]
+                      const scalar_t* __restrict__ grad,   // [B, n, n]
+                      const scalar_t* __restrict__ sample, // [B, n, n]
+                      int64_t b0, int n, int tiles, scalar_t tau, bool symmetric) {
+  __shared__ scalar_t gm[kTile][kTile + 1];
+  const int I = blockIdx.x / tiles, J = blockIdx.x % tiles;
+  if (symmetric && J < I) return;
+  const int64_t base = (b0 + blockIdx.y) * n * n;
+  const int i0 = I * kTile, j0 = J * kTile;
+  const int r0 = threadIdx.y, c = threadIdx.x;
+  if (symmetric) {
+    for (int r = r0; r < kTile; r += kRows) {
+      const int i = j0 + r, j = i0 + c;
+      gm[r][c] = i < n && j < n ? grad[base + static_cast<int64_t>(i) * n + j] : scalar_t(0);
+    }
+    __syncthreads();
+  }
+  for (int r = r0; r < kTile; r += kRows) {
+    const int i = i0 + r, j = j0 + c;
+    if (i < n && j < n) {
+      const int64_t e = base + static_cast<int64_t>(i) * n + j;
+      scalar_t d = 0;
+      if (!symmetric || j > i) {
+        const scalar_t scale = bc::grad_scale<scalar_t>(sample[e], tau);
+        d = grad[e] * scale;
+        if (symmetric) d += gm[c][r] * scale;  // grad[j][i]: the mirrored entry is the same variable
+      }
+      grad_logits[e] = d;
+    }
+    if (symmetric && I != J) {  // the lower triangle gets no gradient
+      const int im = j0 + r, jm = i0 + c;
+      if (im < n && jm < n) grad_logits[base + static_cast<int64_t>(im) * n + jm] = scalar_t(0);
     }
   }
 }
@@ -493,6 +536,25 @@ void binary_concrete_bwd_cuda(const at::TensorBase& grad_logits, const at::Tenso
           logits.const_data_ptr<scalar_t>(), num_nodes.const_data_ptr<int64_t>(),
           threshold_z.const_data_ptr<acc_t>(), threshold_idx.const_data_ptr<int64_t>(), b0, static_cast<int>(n),
           tiles, static_cast<acc_t>(tau), seed, offset, symmetric);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+void binary_concrete_bwd_sample_cuda(const at::TensorBase& grad_logits, const at::TensorBase& grad,
+                                     const at::TensorBase& sample, double tau, bool symmetric) {
+  const int64_t batch = sample.size(0), n = sample.size(2);
+  if (batch == 0 || n == 0) return;
+  const c10::cuda::CUDAGuard guard(sample.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int tiles = tile_count(n);
+  AT_DISPATCH_FLOATING_TYPES(sample.scalar_type(), "binary_concrete_bwd_sample_cuda", [&] {
+    for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
+      const dim3 grid(static_cast<unsigned>(tiles) * tiles,
+                      static_cast<unsigned>(std::min<int64_t>(batch - b0, kMaxGridY)));
+      bwd_sample_kernel<scalar_t><<<grid, dim3(kTile, kRows), 0, stream>>>(
+          grad_logits.mutable_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+          sample.const_data_ptr<scalar_t>(), b0, static_cast<int>(n), tiles, static_cast<scalar_t>(tau), symmetric);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

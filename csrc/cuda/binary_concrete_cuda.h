@@ -30,4 +30,8 @@ void binary_concrete_bwd_cuda(const at::TensorBase& grad_logits, const at::Tenso
                               const at::TensorBase& threshold_z, const at::TensorBase& threshold_idx, double tau,
                               uint64_t seed, uint64_t offset, bool symmetric);
 
+// grad_logits [B, n, n] from grad and the relaxed sample [B, n, n] (float32 or float64), nothing recomputed.
+void binary_concrete_bwd_sample_cuda(const at::TensorBase& grad_logits, const at::TensorBase& grad,
+                                     const at::TensorBase& sample, double tau, bool symmetric);
+
 }  // namespace dfkd_fast

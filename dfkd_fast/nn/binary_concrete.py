@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from torch import Tensor, nn
@@ -9,12 +10,19 @@ from torch import Tensor, nn
 from dfkd_fast.ops.binary_concrete import binary_concrete_adjacency
 
 
+# Serialises offset reservations of every sampler (a few bytecodes each); module-level, so that a sampler still
+# deep-copies and pickles.
+_OFFSET_LOCK = threading.Lock()
+
+
 class BinaryConcreteAdjacency(nn.Module):
     """Draws Binary Concrete adjacency matrices; see :func:`dfkd_fast.binary_concrete_adjacency`.
 
     Each call uses the stream ``(seed, offset)`` and then advances ``offset``, so successive calls draw fresh
     noise; ``offset`` is saved in the state_dict (as extra state), so a resumed run draws what the killed run would
-    have drawn.
+    have drawn. Thread-safe: each call reserves its offset atomically before sampling, so threads sharing a sampler
+    draw distinct streams (which thread gets which offset is up to the scheduler); a call that raises still uses
+    up its offset.
     """
 
     def __init__(
@@ -41,12 +49,15 @@ class BinaryConcreteAdjacency(nn.Module):
         self.backend = backend
 
     def forward(self, logits: Tensor, num_nodes: Tensor | list[int], tau: float | None = None) -> Tensor:
-        adj = binary_concrete_adjacency(
+        with _OFFSET_LOCK:
+            offset = self.offset
+            self.offset = offset + 1
+        return binary_concrete_adjacency(
             logits,
             num_nodes,
             self.tau if tau is None else tau,
             seed=self.seed,
-            offset=self.offset,
+            offset=offset,
             symmetric=self.symmetric,
             hard=self.hard,
             self_loops=self.self_loops,
@@ -54,8 +65,6 @@ class BinaryConcreteAdjacency(nn.Module):
             ratio=self.ratio,
             backend=self.backend,
         )
-        self.offset += 1
-        return adj
 
     def get_extra_state(self) -> Any:
         return {"seed": self.seed, "offset": self.offset}

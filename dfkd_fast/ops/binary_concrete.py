@@ -2,9 +2,12 @@
 
 The C++ ops ``dfkd_fast::binary_concrete_fwd`` / ``dfkd_fast::binary_concrete_bwd`` (schemas in csrc/dfkd_fast.cpp,
 kernels in csrc/cpu and csrc/cuda) get their fake kernels and autograd formula here. The forward returns the
-adjacency and, per graph, the budget threshold ``(z, flat index)`` of the last kept pair; the backward recomputes the
-noise from ``(seed, offset)`` and rebuilds the kept pairs from the thresholds, so nothing the size of the adjacency is
-saved. The maths is in :mod:`dfkd_fast.reference.binary_concrete`; without ``dfkd_fast._C`` the reference runs.
+adjacency and, per graph, the budget threshold ``(z, flat index)`` of the last kept pair. The backward of a relaxed
+float32/float64 sample reads the sample (``dy * y (1 - y) / tau``: the output is saved, no new bytes, no noise
+recomputed); for hard samples and float16/bfloat16 it recomputes the noise from ``(seed, offset)`` and rebuilds the
+kept pairs from the thresholds (20-36 bytes per graph, see ``saved_extra_bytes``). Double backward is exact on
+every backend (a differentiable formula runs under ``create_graph=True``). The maths is in
+:mod:`dfkd_fast.reference.binary_concrete`; without ``dfkd_fast._C`` the reference runs.
 """
 
 from __future__ import annotations
@@ -36,19 +39,68 @@ def _fake_bwd(grad, logits, num_nodes, threshold_z, threshold_idx, tau, seed, of
     return logits.new_empty(logits.shape)
 
 
+def _fake_bwd_sample(grad, sample, tau, symmetric):
+    return sample.new_empty(sample.shape)
+
+
+# What the backward keeps, per case (B graphs of n x n, itemsize s of the logits), beyond the caller's logits and the
+# returned adjacency (saved_extra_bytes gives the figure; tests/test_binary_concrete_fused.py counts it):
+# * relaxed float32/float64 sample: the sample itself, the op's output, which is alive anyway wherever a later layer
+#   uses it: 0 bytes, and dlogit = dy * y (1 - y) / tau is read from it with no noise recomputed;
+# * hard samples (0/1: y is not in the output) and float16/bfloat16 (y rounded to 8-11 bits would spoil y (1 - y)):
+#   the logits, the node counts and budget (8 bytes per graph each) and the thresholds (12 bytes per graph, 16 for
+#   float64), and the backward recomputes the noise from (seed, offset); saving y instead would cost B n^2 s bytes.
+# The choice is the same on every device, so that CPU and CUDA gradients stay the same numbers.
+def saved_extra_bytes(batch: int, dtype: torch.dtype, hard: bool, budget: bool) -> int:
+    """Bytes the backward of ``binary_concrete_adjacency`` keeps beyond its logits and its output."""
+    if _reads_sample(hard, dtype):
+        return 0
+    return batch * (torch.finfo(compute_dtype(dtype)).bits // 8 + 8 + 8 + (8 if budget else 0))
+
+
+def _reads_sample(hard: bool, dtype: torch.dtype) -> bool:
+    return not hard and dtype in (torch.float32, torch.float64)
+
+
 def _setup_context(ctx, inputs, output):
-    logits, num_nodes, _budget, tau, seed, offset, symmetric, _hard, _self_loops = inputs
-    _adj, threshold_z, threshold_idx = output
-    ctx.save_for_backward(logits, num_nodes, threshold_z, threshold_idx)
+    logits, num_nodes, budget, tau, seed, offset, symmetric, hard, _self_loops = inputs
+    adj, threshold_z, threshold_idx = output
     ctx.mark_non_differentiable(threshold_z, threshold_idx)
+    ctx.reads_sample = _reads_sample(hard, logits.dtype)
+    if ctx.reads_sample:
+        ctx.save_for_backward(adj)
+    else:
+        ctx.save_for_backward(logits, num_nodes, threshold_z, threshold_idx, budget)
     ctx.params = (tau, seed, offset, symmetric)
 
 
 def _backward(ctx, grad, _grad_threshold_z, _grad_threshold_idx):
-    logits, num_nodes, threshold_z, threshold_idx = ctx.saved_tensors
+    tau, seed, offset, symmetric = ctx.params
+    nones = (None,) * 8
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable formula, so that double backward is exact
+        return (_differentiable_backward(ctx, grad), *nones)
+    if ctx.reads_sample:
+        (adj,) = ctx.saved_tensors
+        return (torch.ops.dfkd_fast.binary_concrete_bwd_sample(grad, adj, tau, symmetric), *nones)
+    logits, num_nodes, threshold_z, threshold_idx, _budget = ctx.saved_tensors
     d_logits = torch.ops.dfkd_fast.binary_concrete_bwd(grad, logits, num_nodes, threshold_z, threshold_idx,
                                                        *ctx.params)
-    return d_logits, None, None, None, None, None, None, None, None
+    return (d_logits, *nones)
+
+
+def _differentiable_backward(ctx, grad: Tensor) -> Tensor:
+    """``dy * y (1 - y) / tau`` (upper triangle, both mirrored dy, when symmetric) in torch ops, with ``y`` the
+    relaxed sample as a function of the logits: the saved output, or a relaxed redraw for hard samples. Its own
+    gradient is then the exact second derivative, as the reference's autograd gives."""
+    tau, seed, offset, symmetric = ctx.params
+    if ctx.reads_sample:
+        (y,) = ctx.saved_tensors
+    else:
+        logits, num_nodes, _tz, _ti, budget = ctx.saved_tensors
+        y = torch.ops.dfkd_fast.binary_concrete_fwd(logits, num_nodes, budget, tau, seed, offset, symmetric, False,
+                                                    False)[0]
+    d = grad * (y * (1 - y) / tau)
+    return (d + d.mT).triu(1) if symmetric else d
 
 
 # The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
@@ -56,15 +108,22 @@ def _backward(ctx, grad, _grad_threshold_z, _grad_threshold_idx):
 if importlib.util.find_spec("dfkd_fast._C") is not None and extension() is not None:
     torch.library.register_fake("dfkd_fast::binary_concrete_fwd")(_fake_fwd)
     torch.library.register_fake("dfkd_fast::binary_concrete_bwd")(_fake_bwd)
+    torch.library.register_fake("dfkd_fast::binary_concrete_bwd_sample")(_fake_bwd_sample)
     torch.library.register_autograd("dfkd_fast::binary_concrete_fwd", _backward, setup_context=_setup_context)
 
 
-def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: torch.device) -> Tensor:
+def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: torch.device,
+                      data: str = "logits", move: bool = True) -> Tensor:
+    """The checked counts as int64, on ``device`` (``move``) or where they are."""
     if isinstance(num_nodes, (list, tuple)):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in num_nodes):
             raise TypeError(f"{fn}: argument 'num_nodes' must be a list of ints or an integer tensor")
         num_nodes = torch.tensor(num_nodes, dtype=torch.int64)
     t = _checks.tensor(fn, "num_nodes", num_nodes, ndim=1, dtypes=_checks.INDEX_DTYPES)
+    # Counts on the CPU are welcome anywhere (copied without a sync); elsewhere they must be on the data's device.
+    if t.device.type != "cpu" and t.device != device:
+        raise ValueError(f"{fn}: argument 'num_nodes' is on {t.device} but '{data}' is on {device}; pass the counts "
+                         f"on {device} or on the CPU")
     if t.shape[0] != batch:
         raise ValueError(f"{fn}: argument 'num_nodes' must have one count per graph (length {batch}), "
                          f"got shape {tuple(t.shape)}")
@@ -73,7 +132,17 @@ def _num_nodes_tensor(fn: str, num_nodes: object, batch: int, n: int, device: to
         if low < 0 or high > n:
             raise ValueError(f"{fn}: argument 'num_nodes' must hold node counts in [0, {n}] (the padded size n), "
                              f"found {low if low < 0 else high}")
-    return _to_device(t.to(torch.int64), device)
+    t = t.to(torch.int64)
+    return _to_device(t, device) if move else t
+
+
+def _check_tau_precision(fn: str, tau: float, dtype: torch.dtype) -> None:
+    """The samplers divide by tau in float32 unless the logits are float64: tau must stay a normal, finite float32
+    (1e-300 would be 0 there, and every gradient NaN)."""
+    if dtype != torch.float64 and not torch.finfo(torch.float32).tiny <= tau <= torch.finfo(torch.float32).max:
+        raise ValueError(f"{fn}: argument 'tau' = {tau!r} is not a normal float32 number, the precision the sampler "
+                         f"computes in for {str(dtype).replace('torch.', '')} logits; use tau in [1.2e-38, 3.4e38] "
+                         "or float64 logits")
 
 
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -101,12 +170,21 @@ def binary_concrete_adjacency(
     """Sample Binary Concrete (relaxed Bernoulli) adjacency matrices for a padded batch of graphs.
 
     ``y = sigmoid((logits + log u - log(1 - u)) / tau)`` with Philox noise ``u`` drawn from ``(seed, offset)``, on the
-    pairs of valid nodes; see :mod:`dfkd_fast.reference.binary_concrete` for the exact definition.
+    pairs of valid nodes; see :mod:`dfkd_fast.reference.binary_concrete` for the exact definition. Every backend
+    draws the same bits for float32/float16/bfloat16 logits (float64: the same noise and hard samples, relaxed
+    values within ~1e-16).
+
+    Backward: a relaxed float32/float64 sample is read back (``dy * y (1 - y) / tau``; 0 bytes saved beyond the
+    output, which must then not be modified in place before the backward); hard samples and float16/bfloat16
+    recompute the noise and keep 20-36 bytes per graph (``saved_extra_bytes``). Double backward is exact on every
+    backend.
 
     Args:
         logits: ``[B, n, n]`` edge logits (only the strict upper triangle is read when ``symmetric``).
-        num_nodes: ``[B]`` node count of each graph (``<= n``); the padding rows/columns are 0.
-        tau: temperature (> 0); 2/3 is Maddison et al.'s recommendation for binary variables.
+        num_nodes: ``[B]`` node count of each graph (``<= n``); the padding rows/columns are 0. A list, a CPU
+            tensor (copied without a sync) or a tensor on the logits' device.
+        tau: temperature (> 0, and a normal float32 number unless the logits are float64); 2/3 is Maddison et
+            al.'s recommendation for binary variables.
         seed, offset: the noise stream; the same pair gives the same sample on every device and backend.
             ``seed=None`` draws one from torch's default CPU generator.
         symmetric: undirected graphs (mirrored upper triangle), else directed edges.
@@ -125,6 +203,7 @@ def binary_concrete_adjacency(
         raise ValueError(f"{fn}: argument 'logits' allows at most {MAX_NODES} nodes per graph, got n = {n}")
     num_nodes_t = _num_nodes_tensor(fn, num_nodes, batch, n, logits.device)
     tau = _checks.positive(fn, "tau", tau)
+    _check_tau_precision(fn, tau, logits.dtype)
     for name, flag in (("symmetric", symmetric), ("hard", hard), ("self_loops", self_loops)):
         if not isinstance(flag, bool):
             raise TypeError(f"{fn}: argument '{name}' must be a bool, got {type(flag).__name__}")
@@ -163,7 +242,7 @@ def adjacency_to_pyg(
     * ``max_edges=None``: every nonzero off-diagonal entry is an edge (E depends on the data: one host sync).
     * ``max_edges=k``: the ``k`` largest entries of each graph (pairs when ``symmetric``), so E is fixed and nothing
       waits for the device. Graphs with fewer candidate pairs are padded with zero-weight edges, which add nothing
-      to weighted sum/mean aggregation or to GCN degrees.
+      to weighted sum/mean aggregation or to GCN degrees. A batch without any node gets no edges at all (E = 0).
     ``symmetric``: read the upper triangle and list both directions of each pair (PyG's undirected convention).
     ``num_nodes`` on the CPU (a list or CPU tensor) keeps the conversion free of device syncs.
     """
@@ -172,14 +251,16 @@ def adjacency_to_pyg(
     batch, rows, n = adj.shape
     if rows != n:
         raise ValueError(f"{fn}: argument 'adj' must be square per graph, [B, n, n], got shape {tuple(adj.shape)}")
-    counts = _num_nodes_tensor(fn, num_nodes, batch, n, torch.device("cpu") if isinstance(num_nodes, (list, tuple))
-                               else num_nodes.device)
+    counts = _num_nodes_tensor(fn, num_nodes, batch, n, adj.device, data="adj", move=False)
     if max_edges is not None:
         _checks.integer(fn, "max_edges", max_edges, low=0)
     device = adj.device
+    total = int(counts.sum())  # no device sync when the counts live on the CPU
+    if total == 0:  # no node at all: no edge, padding or not, has a node to point at
+        empty = torch.zeros(2, 0, dtype=torch.int64, device=device)
+        return empty, adj.reshape(-1)[:0], torch.zeros(0, dtype=torch.int64, device=device)
     counts_dev = _to_device(counts, device)
     starts = torch.cumsum(counts_dev, 0) - counts_dev
-    total = int(counts.sum())  # no device sync when the counts live on the CPU
     graph_of_node = torch.repeat_interleave(torch.arange(batch, device=device), counts_dev, output_size=total)
     nodes = node_mask(counts_dev, n)
     candidates = nodes[:, :, None] & nodes[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=device)
@@ -201,7 +282,7 @@ def adjacency_to_pyg(
     src = starts[b] + i
     dst = starts[b] + j
     if max_edges is not None:  # zero-weight padding of a graph with no node at all must still index a real node
-        src, dst = src.clamp(max=max(total - 1, 0)), dst.clamp(max=max(total - 1, 0))
+        src, dst = src.clamp(max=total - 1), dst.clamp(max=total - 1)
     if symmetric:
         src, dst, weight = torch.cat([src, dst]), torch.cat([dst, src]), torch.cat([weight, weight])
     return torch.stack([src, dst]), weight, graph_of_node
