@@ -195,3 +195,28 @@ def test_compile_fullgraph_dynamic(case, backend):
                                    rtol=1e-10, atol=1e-12)
         frames.append(counter.frame_count)
     assert frames[1] == frames[0], f"recompiled for a new input size: {frames}"
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_concrete_under_torch_func(backend, hard):
+    """torch.func.grad / jacrev of the Binary Concrete op equal autograd's gradient on both backends (the C++ op goes
+    through a setup_context-style Function); forward mode on the fused backend is an error naming the op."""
+    pytest.importorskip("dfkd_fast._C")
+    logits = torch.randn(3, 7, 7, dtype=torch.float64)
+    num_nodes = torch.tensor([7, 4, 6])
+    weights = torch.randn(3, 7, 7, dtype=torch.float64)
+
+    def g(x):
+        adj = dfkd_fast.binary_concrete_adjacency(x, num_nodes, tau=0.5, seed=3, offset=11, hard=hard, ratio=0.3,
+                                                  backend=backend)
+        return (adj * weights).sum()
+
+    leaf = logits.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(g(leaf), leaf)
+    assert expected.abs().sum() > 0
+    for transform in (torch.func.grad, torch.func.jacrev):
+        torch.testing.assert_close(transform(g)(logits), expected, rtol=1e-12, atol=1e-12)
+    if backend == "fused":
+        with pytest.raises(NotImplementedError, match=r"dfkd_fast::binary_concrete_fwd: forward-mode AD"):
+            torch.func.jvp(g, (logits,), (torch.ones_like(logits),))

@@ -12,6 +12,7 @@ every backend (a differentiable formula runs under ``create_graph=True``). The m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from dfkd_fast import _checks
 from dfkd_fast._backend import extension, use_fused
+from dfkd_fast.ops._autograd import _no_jvp
 from dfkd_fast.reference._common import compute_dtype
 from dfkd_fast.reference.binary_concrete import binary_concrete_adjacency_reference, edge_budget, node_mask
 
@@ -97,10 +99,27 @@ def _differentiable_backward(ctx, grad: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
     else:
         logits, num_nodes, _tz, _ti, budget = ctx.saved_tensors
-        y = torch.ops.dfkd_fast.binary_concrete_fwd(logits, num_nodes, budget, tau, seed, offset, symmetric, False,
-                                                    False)[0]
+        relaxed = (logits, num_nodes, budget, tau, seed, offset, symmetric, False, False)
+        y = (torch.ops.dfkd_fast.binary_concrete_fwd(*relaxed) if torch.compiler.is_compiling()
+             else _FusedSample.apply(*relaxed))[0]
     d = grad * (y * (1 - y) / tau)
     return (d + d.mT).triu(1) if symmetric else d
+
+
+class _FusedSample(torch.autograd.Function):
+    """The C++/CUDA op with the autograd formula registered below, as a setup_context-style Function: torch.func
+    (grad, vjp, jacrev) refuses the Function that register_autograd builds. Under torch.compile the op is called
+    directly (Dynamo traces its registration)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return torch.ops.dfkd_fast.binary_concrete_fwd(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+    jvp = staticmethod(functools.partial(_no_jvp, "binary_concrete_fwd"))
 
 
 # The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
@@ -221,8 +240,10 @@ def binary_concrete_adjacency(
     _checks.finite(fn, "logits", logits)
     budget = edge_budget(num_nodes_t, symmetric, k, ratio)
     if use_fused(fn, backend, logits.device, "cpp"):
-        return torch.ops.dfkd_fast.binary_concrete_fwd(logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard,
-                                                       self_loops)[0]
+        args = (logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard, self_loops)
+        if torch.compiler.is_compiling():
+            return torch.ops.dfkd_fast.binary_concrete_fwd(*args)[0]
+        return _FusedSample.apply(*args)[0]
     return binary_concrete_adjacency_reference(logits, num_nodes_t, tau, seed, offset, symmetric, hard, self_loops,
                                                budget)
 
