@@ -28,7 +28,8 @@ import torch
 
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, load_teacher, save_model, train_model
-from dfkd_fast.acgkd.trainer import accuracy, graph_batches, make_trainer
+from dfkd_fast.acgkd.methods import make_trainer
+from dfkd_fast.acgkd.trainer import accuracy, graph_batches
 from dfkd_fast.models.gnn import build_gnn
 
 TEACHER = "gcn-5-64"

@@ -3,7 +3,8 @@
 
 Every field of the method's config (:mod:`dfkd_fast.acgkd.config`) is an option of the same name. The run directory
 holds config.json, metrics.jsonl, checkpoint.pt (atomic; ``--resume`` continues bit for bit), pictures.png (a grid
-of pseudo-graphs) and student.pt (the distilled student, readable by ``dfkd-fast eval --task graph``).
+of pseudo-graphs), student.pt (the distilled student selected without labels: best agreement with the teacher on
+held-out pseudo-graphs; readable by ``dfkd-fast eval --task graph``) and last_student.pt (the last epoch's).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import torch
 
 from dfkd_fast.acgkd.config import CONFIGS, METHODS, make_config
 from dfkd_fast.acgkd.teacher import dataset_and_split, load_teacher, save_model
-from dfkd_fast.acgkd.trainer import make_trainer
+from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.data.graphs import MOTIFS
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.runs import RunDir
 
 STUDENT_FILE = "student.pt"
+LAST_STUDENT_FILE = "last_student.pt"
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -104,10 +106,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         trainer.load_state_dict(run_dir.load())
     summary = trainer.fit(run_dir)
-    save_model(run_dir.path / STUDENT_FILE, trainer.student, role="student", method=config.method,
-               dataset=meta.get("dataset"), split=meta.get("split"), test_acc=summary["last_acc"])
+    common = {"role": "student", "method": config.method, "dataset": meta.get("dataset"), "split": meta.get("split")}
+    save_model(run_dir.path / STUDENT_FILE, trainer.selected_student(), **common, test_acc=summary["selected_acc"],
+               selected_epoch=summary["selected_epoch"])
+    save_model(run_dir.path / LAST_STUDENT_FILE, trainer.student, **common, test_acc=summary["last_acc"])
     acc = "n/a (no test graphs)" if summary["last_acc"] is None else (
-        f"{summary['last_acc']:.2%} (best {summary['best_acc']:.2%})")
+        f"selected (epoch {summary['selected_epoch']}) {summary['selected_acc']:.2%}, last {summary['last_acc']:.2%}, "
+        f"best evaluated {summary['best_acc']:.2%}")
     print(f"{config.method}: {config.student} student from {teacher.spec} teacher: test accuracy {acc}; "
           f"generation {summary['generation_s']:.1f}s, KD {summary['kd_s']:.1f}s; wrote {run_dir.path / STUDENT_FILE}")
     return 0

@@ -20,7 +20,7 @@ import torch
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.pictures import draw_pyg
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, save_model, train_model
-from dfkd_fast.acgkd.trainer import make_trainer
+from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.data.graphs import MOTIFS
 from dfkd_fast.models.gnn import build_gnn
 from dfkd_fast.runs import RunDir
