@@ -227,3 +227,21 @@ def test_feature_losses():
     assert losses.feature_loss(t, t, "cosine").abs() < 1e-6
     with pytest.raises(ValueError, match="kind"):
         losses.feature_loss(s, t, "l1")
+
+
+def test_pictures_have_a_legend(tmp_path):
+    from PIL import Image
+
+    from dfkd_fast.acgkd.pictures import LEGEND_ROW, PALETTE, draw_graphs, legend_entries
+
+    graphs = PseudoGraphs(5, 3, 2, min_nodes=4, max_nodes=7, seed=1).hard_sample()
+    path = draw_graphs(graphs, tmp_path / "p.png", cell=100, columns=4)
+    image = Image.open(path).convert("RGB")
+    assert image.size[1] > 2 * 100  # the legend lies below the two rows of graphs
+    legend = image.crop((0, 200, image.size[0], image.size[1]))
+    colours = {legend.getpixel((x, y)) for x in range(legend.size[0]) for y in range(legend.size[1])}
+    assert all(PALETTE[k] in colours for k in range(3))  # one swatch per node type
+    assert [label for _, label in legend_entries(3)] == ["node type 0", "node type 1", "node type 2"]
+    assert LEGEND_ROW > 0
+    with pytest.raises(ValueError, match="type_names"):
+        draw_graphs(graphs, tmp_path / "q.png", type_names=["C", "N"])
