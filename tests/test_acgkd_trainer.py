@@ -116,7 +116,7 @@ def test_collapse_guard_fires_on_a_constant_student_only(teacher, graphs, capsys
 
     good = build_gnn("gcn-3-16", 6, 2)
     assert train_model(good, graphs, graphs, epochs=30, seed=0) > 0.8  # a good student: fitted to these graphs
-    trainer = make_trainer(make_config("acgkd", **TINY), teacher, eval_graphs=graphs)
+    trainer = make_trainer(make_config("acgkd", **TINY, ema=None), teacher, eval_graphs=graphs)
     trainer.student = good
     assert 0.3 < float(predictions(good, graph_batches(graphs)).float().mean()) < 0.7
     assert trainer.collapse_warnings() == []
@@ -125,7 +125,7 @@ def test_collapse_guard_fires_on_a_constant_student_only(teacher, graphs, capsys
     assert len(lines) == 2 and all("\n" not in line and "collapsed" in line for line in lines)
     # fit prints them, one line each, on stderr
     trainer = make_trainer(make_config("acgkd", **{**TINY, "epochs": 1}), teacher, eval_graphs=graphs)
-    trainer.student.forward = Constant().forward
+    trainer.ema_student.forward = Constant().forward  # the weight average is what is evaluated
     trainer.fit()
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if "warning" in line] == [line for line in err if "collapsed onto one class" in line]
@@ -214,3 +214,18 @@ def test_no_import_cycle_between_trainer_and_gfkd():
             "assert m.TRAINERS['gfkd'] is g.GFKDTrainer and m.TRAINERS['real'] is g.RealKDTrainer; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_weight_average_is_evaluated_and_saved(teacher, graphs):
+    config = make_config("acgkd", **{**TINY, "epochs": 3, "ema": 0.5, "recalibrate_bn": False})
+    trainer = make_trainer(config, teacher, eval_graphs=graphs)
+    start = copy.deepcopy(trainer.student.state_dict())
+    trainer.fit()
+    assert trainer.eval_model is trainer.ema_student
+    # after at least one step the average lies strictly between the start and the student, for trained weights
+    name = next(k for k, v in trainer.student.named_parameters() if v.requires_grad)
+    avg, raw, first = trainer.ema_student.state_dict()[name], trainer.student.state_dict()[name], start[name]
+    assert not torch.equal(avg, raw) and not torch.equal(avg, first)
+    assert trainer.selected_state is not None and set(trainer.selected_state) == set(avg_keys := start) and avg_keys
+    assert make_trainer(make_config("gfkd", **TINY), teacher).eval_model is not None  # GFKD: the raw student
+    assert make_trainer(make_config("gfkd", **TINY), teacher).ema_student is None

@@ -23,6 +23,7 @@ from dfkd_fast.errors import DfkdError
 from dfkd_fast.runs import RunDir
 
 STUDENT_FILE = "student.pt"
+GFKD_FAST_STRUCTURE = ("PROTEINS", "COLLAB", "REDDIT-BINARY")  # GFKD: structure lr 5.0 instead of 1.0
 LAST_STUDENT_FILE = "last_student.pt"
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -63,11 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{f.metadata['help']} ({shown})"
         type_name = str(f.type).replace(" | None", "")
         if type_name == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
         else:
             kind = _TYPES[type_name]
             parse = _parse_optional(kind) if "None" in str(f.type) else kind
-            group.add_argument(flag, type=parse, default=None, choices=f.metadata.get("choices"), help=help_text)
+            group.add_argument(flag, type=parse, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+                               help=help_text)  # absent unless given: "none" can then mean None
 
 
 def _device(name: str) -> torch.device:
@@ -88,12 +91,14 @@ def run(args: argparse.Namespace) -> int:
         cli = saved["cli"]
     else:
         names = _config_fields()
-        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        options = {k: getattr(args, k) for k in names if hasattr(args, k)}
         cli = {"teacher": args.teacher, "method": args.method, "data_root": args.data_root}
         if not args.teacher:
             raise DfkdError("--teacher is required (a teacher.pt from `dfkd-fast teacher --task graph`)")
     config = make_config(cli["method"], **options)
     teacher, meta = load_teacher(cli["teacher"], config.teacher_arch)
+    if config.method == "gfkd" and "lr_structure" not in options and meta.get("dataset") in GFKD_FAST_STRUCTURE:
+        config.lr_structure = 5.0  # GFKD's recipe on these datasets
     train, test = _real_graphs(meta, cli["data_root"], teacher, config.method)
     if config.num_graphs is None and train is None:
         config.num_graphs = int(meta.get("train_size") or 0) or None
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     common = {"role": "student", "method": config.method, "dataset": meta.get("dataset"), "split": meta.get("split")}
     save_model(run_dir.path / STUDENT_FILE, trainer.selected_student(), **common, test_acc=summary["selected_acc"],
                selected_epoch=summary["selected_epoch"])
-    save_model(run_dir.path / LAST_STUDENT_FILE, trainer.student, **common, test_acc=summary["last_acc"])
+    save_model(run_dir.path / LAST_STUDENT_FILE, trainer.eval_model, **common, test_acc=summary["last_acc"])
     acc = "n/a (no test graphs)" if summary["last_acc"] is None else (
         f"selected (epoch {summary['selected_epoch']}) {summary['selected_acc']:.2%}, last {summary['last_acc']:.2%}, "
         f"best evaluated {summary['best_acc']:.2%}")

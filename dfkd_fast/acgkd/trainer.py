@@ -128,6 +128,8 @@ class GraphDistiller:
         self.num_graphs = config.num_graphs or (len(train_graphs) if train_graphs else 0)
         torch.manual_seed(config.seed)
         self.student = self.build_student().to(self.device)
+        # the model that is evaluated, selected and saved: the weight average, or the student itself
+        self.ema_student = (copy.deepcopy(self.student).requires_grad_(False) if config.ema is not None else None)
         self.temperature = None
         self.iterations = config.iterations  # generation steps to run
         self.step = 0  # generation steps done
@@ -183,10 +185,21 @@ class GraphDistiller:
         epochs = self.config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: max(0.0, 1 - e / epochs))
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation, selection and ``last_student.pt`` use: the weight average with ``ema``, else the student."""
+        return self.student if self.ema_student is None else self.ema_student
+
     def _update(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema_student is not None:
+            with torch.no_grad():
+                for avg, p in zip(self.ema_student.parameters(), self.student.parameters()):
+                    avg.lerp_(p, 1 - self.config.ema)
+                for avg, b in zip(self.ema_student.buffers(), self.student.buffers()):
+                    avg.copy_(b)  # BN statistics follow the student (and are re-estimated before evaluation)
 
     def _shuffled(self, pool: Tensor) -> list[Tensor]:
         """The KD batches of ``pool``: reshuffled every epoch unless ``fixed_order`` (GFKD's loader keeps one order);
@@ -212,7 +225,7 @@ class GraphDistiller:
 
     def evaluate(self) -> float | None:
         """Student accuracy on the real test graphs (None without test graphs). Only the report reads the labels."""
-        return accuracy(self.student, self.eval_batches, self.device) if self.eval_batches else None
+        return accuracy(self.eval_model, self.eval_batches, self.device) if self.eval_batches else None
 
     def bn_graphs(self) -> Iterator:
         """The graphs :meth:`recalibrate_bn` passes through the student (default: every exported KD graph)."""
@@ -222,18 +235,19 @@ class GraphDistiller:
     def recalibrate_bn(self) -> None:
         """Replace the student's BN running statistics by their exact averages over :meth:`bn_graphs` (one pass in
         train mode, ``momentum=None``: a cumulative average); the weights are untouched."""
-        norms = [m for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        model = self.eval_model
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms:
             return
         momenta = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None
-        was_training = self.student.training
-        self.student.train()
+        was_training = model.training
+        model.train()
         for graphs in self.bn_graphs():
-            self.student(graphs)
-        self.student.train(was_training)
+            model(graphs)
+        model.train(was_training)
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
 
@@ -246,14 +260,14 @@ class GraphDistiller:
         (class-balanced agreement, then KL; a later epoch wins a tie). Reads no label of any graph."""
         if not self.selection_set:
             return
-        agreement, kl = agreement_score(self.student, self.teacher, self.selection_set, self.num_classes)
+        agreement, kl = agreement_score(self.eval_model, self.teacher, self.selection_set, self.num_classes)
         if self.selected is None or (agreement, -kl) >= (self.selected["agreement"], -self.selected["kl"]):
             self.selected = {"epoch": self.epoch, "agreement": agreement, "kl": kl}
-            self.selected_state = copy.deepcopy(self.student.state_dict())
+            self.selected_state = copy.deepcopy(self.eval_model.state_dict())
 
     def selected_student(self) -> nn.Module:
         """The label-free-selected student (the last one when nothing was scored); a copy."""
-        model = copy.deepcopy(self.student)
+        model = copy.deepcopy(self.eval_model)
         if self.selected_state is not None:
             model.load_state_dict(self.selected_state)
         return model.eval()
@@ -262,7 +276,7 @@ class GraphDistiller:
         """One line per collapsed student (last, selected) on the evaluation graphs; printed by :meth:`fit`."""
         lines = []
         if self.eval_batches:
-            for what, model in (("last student", self.student), ("selected student", self.selected_student())):
+            for what, model in (("last student", self.eval_model), ("selected student", self.selected_student())):
                 preds = predictions(model, self.eval_batches, self.device)
                 line = collapse_message(preds, self.num_classes, self.config.collapse_threshold, what)
                 if line:
@@ -352,7 +366,7 @@ class GraphDistiller:
             draw_graphs(select(graphs, torch.arange(count, device=graphs.mask.device)), path)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
-    STUDENT_KEYS = ("student", "optimizer", "scheduler", "temperature", "selected", "selected_state")
+    STUDENT_KEYS = ("student", "optimizer", "scheduler", "temperature", "selected", "selected_state", "ema_student")
 
     def load_generation(self, state: dict) -> None:
         """Take over another trainer's pseudo-graphs (its state_dict from before its KD phase) and keep this
@@ -371,6 +385,7 @@ class GraphDistiller:
             "scheduler": self.scheduler.state_dict(), "exported": self.exported,
             "batch_generator": self.batch_generator.get_state(), "selected": self.selected,
             "selected_state": self.selected_state, "selection_set": self._stored_selection_set(),
+            "ema_student": self.ema_student.state_dict() if self.ema_student is not None else None,
         }
 
     def _stored_selection_set(self) -> list | None:
@@ -387,6 +402,8 @@ class GraphDistiller:
         self.exported = state["exported"]
         self.batch_generator.set_state(state["batch_generator"])
         self.selected, self.selected_state = state["selected"], state["selected_state"]
+        if self.ema_student is not None:
+            self.ema_student.load_state_dict(state["ema_student"])
         if state["selection_set"] is not None:
             self.selection_set = [DenseGraphs(*g) for g in state["selection_set"]]
 
