@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -61,6 +62,7 @@ SETTINGS = {
 }
 QUICK = {"teacher_seed": 0, "teacher_epochs": 2, "epochs": 2, "acgkd": {"iterations": 2}, "gfkd": {"iterations": 2}}
 TIMED_STEPS = 10
+STUDY_SEEDS = 5
 
 
 def teacher_for(name: str, data_root: str, out: Path, settings: dict):
@@ -144,7 +146,7 @@ def tables(cache: Path, seeds: list[int], datasets: list[str]) -> str:
              "under the CPU budgets listed below the table.", "",
              "| dataset | teacher | majority | student | method | seeds | last | selected | best evaluated "
              "| worst seed (selected) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    missing = []
+    missing = {}
     for name in datasets:
         d = info.get(name)
         for student in STUDENTS:
@@ -152,7 +154,9 @@ def tables(cache: Path, seeds: list[int], datasets: list[str]) -> str:
                 runs = [c for c in cells if (c["dataset"], c["student"], c["method"]) == (name, student, method)
                         and c["seed"] in seeds]
                 done = sorted(c["seed"] for c in runs)
-                missing += [f"{name}/{student}/{method}/seed{s}" for s in seeds if s not in done]
+                lacking = [str(s) for s in seeds if s not in done]
+                if lacking:
+                    missing.setdefault(name, []).append(f"{student} {NAMES[method]} seeds {', '.join(lacking)}")
                 if d is None:
                     continue
                 worst = f"{100 * min(c['selected'] for c in runs):.1f}" if runs else "–"
@@ -184,20 +188,31 @@ def tables(cache: Path, seeds: list[int], datasets: list[str]) -> str:
         f"steps (lr_structure {s['gfkd']['lr_structure']}, decay every {s['gfkd']['lr_decay_every']}), teacher seed "
         f"{s['teacher_seed']} ({s['teacher_epochs']} epochs)" for name, s in SETTINGS.items() if name in datasets)
         + ".", ""]
-    if missing:
-        lines += [f"Missing cells ({len(missing)}): " + ", ".join(missing) + ".", ""]
+    for name, what in missing.items():
+        if len(what) == len(STUDENTS) * len(METHODS) and name not in info:
+            lines.append(f"Not run yet: {name}.")
+        else:
+            lines.append(f"Missing on {name}: " + "; ".join(what) + ".")
+    lines += [""] if missing else []
     return "\n".join(lines)
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (two study processes may refresh the tables at once)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_tables(text: str, table: Path, readme: Path | None) -> None:
-    table.write_text("# ACGKD vs GFKD mode vs KD with real graphs on TU datasets\n\n"
-                     "Written by `examples/acgkd_tu.py` from `examples/acgkd_tu_cache/`.\n\n" + text)
+    _replace(table, "# ACGKD vs GFKD mode vs KD with real graphs on TU datasets\n\n"
+             "Written by `examples/acgkd_tu.py` from `examples/acgkd_tu_cache/`.\n\n" + text)
     if readme is not None and readme.is_file():
         begin, end = "<!-- study:begin -->", "<!-- study:end -->"
         body = readme.read_text()
         if begin in body and end in body:
             head, rest = body.split(begin, 1)
-            readme.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
+            _replace(readme, f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     readme = None if args.readme == "none" else Path(args.readme)
     seeds = list(range(args.seeds))
 
-    def refresh() -> None:
-        write_tables(tables(cache, seeds, args.datasets), Path(args.table), readme)
+    def refresh() -> None:  # the whole study's table (every dataset, STUDY_SEEDS seeds), whatever this run does
+        write_tables(tables(cache, list(range(STUDY_SEEDS)), list(TU_DATASETS)), Path(args.table), readme)
 
     if args.table_only:
         refresh()

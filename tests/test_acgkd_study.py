@@ -30,13 +30,14 @@ def test_study_smoke_caches_resumes_and_writes_the_tables(shared_data, tmp_path,
     body = readme.read_text()
     assert body.startswith("intro\n<!-- study:begin -->\n") and body.endswith("<!-- study:end -->\noutro\n")
     assert "old table" not in body and "| MUTAG |" in body and "gin-3-32 | ACGKD | 1 |" in body
-    assert "Missing cells (3): MUTAG/gcn-3-32/acgkd/seed0" in body  # the table says what it lacks
+    assert "Missing on MUTAG: gcn-3-32 ACGKD seeds 0, 1, 2, 3, 4;" in body  # the table says what it lacks
+    assert "gin-3-32 ACGKD seeds 1, 2, 3, 4" in body and "Not run yet: PROTEINS." in body
     # a rerun finds every cell cached and only rewrites the tables
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.json")}
     capsys.readouterr()
     assert study.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.json")} == stamps
-    assert " seed 0 " not in capsys.readouterr().out  # nothing was run again
+    assert "MUTAG seed 0 " not in capsys.readouterr().out  # nothing was run again
 
 
 def test_quick_run_refuses_the_committed_results(shared_data):

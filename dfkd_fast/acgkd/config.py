@@ -66,6 +66,8 @@ class ACGKDConfig(DistillConfig):
 
     method: str = _f("acgkd", "distillation method", choices=METHODS)
     # pseudo-graphs
+    graph_factor: float = _f(1.0, "pseudo-graphs per graph of --num-graphs (the training-set size): more graphs, "
+                             "more node-feature patterns for the student (generation is cheap)")
     tau: float = _f(1.0, "Binary Concrete temperature at the first generation step")
     tau_end: float | None = _f(0.3, "temperature at the last step (geometric annealing); None keeps tau")
     xi: float | None = _f(0.1, "spatial complexity xi: at most floor(xi * pairs) edges per graph (notes §3.2 (b); "
@@ -182,6 +184,7 @@ def validate(c: DistillConfig) -> None:
         need(c.projector in PROJECTORS, f"--projector must be one of {PROJECTORS}, got {c.projector!r}")
         need(c.feature_loss in FEATURE_LOSSES, f"--feature-loss must be one of {FEATURE_LOSSES}, got {c.feature_loss!r}")
         need(c.degree_cap is None or c.degree_cap > 0, f"--degree-cap must be > 0 or None, got {c.degree_cap}")
+        need(c.graph_factor > 0, f"--graph-factor must be > 0, got {c.graph_factor}")
         need(0 < c.init_density < 1, f"--init-density must be in (0, 1), got {c.init_density}")
         need(0 < c.curriculum_start <= 1 and 0 <= c.curriculum_ramp <= 1,
              "--curriculum-start must be in (0, 1] and --curriculum-ramp in [0, 1]")

@@ -125,7 +125,8 @@ class GraphDistiller:
         self.teacher = copy.deepcopy(teacher).to(self.device).eval().requires_grad_(False)
         self.eval_batches = graph_batches(eval_graphs) if eval_graphs else []
         self.train_graphs = train_graphs
-        self.num_graphs = config.num_graphs or (len(train_graphs) if train_graphs else 0)
+        base = config.num_graphs or (len(train_graphs) if train_graphs else 0)
+        self.num_graphs = max(1, round(getattr(config, "graph_factor", 1.0) * base)) if base else 0
         torch.manual_seed(config.seed)
         self.student = self.build_student().to(self.device)
         # the model that is evaluated, selected and saved: the weight average, or the student itself
