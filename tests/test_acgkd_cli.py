@@ -106,3 +106,22 @@ def test_missing_data_for_real_kd(tmp_path, capsys):
     save_model(path, build_gnn("gcn-3-8", 7, 2), dataset="MUTAG", split={"seed": 29}, train_size=131)
     one_line_error(capsys, ["acgkd", "--method", "real", "--teacher", str(path), "--out", str(tmp_path / "r")],
                    "--data-root")
+
+
+def test_gfkd_recipe_defaults(tmp_path):
+    """GFKD mode runs GFKD's protocol by default; a PROTEINS teacher gets GFKD's structure lr 5.0 unless given."""
+    from dfkd_fast.acgkd.config import make_config
+    from dfkd_fast.acgkd.teacher import save_model
+    from dfkd_fast.models.gnn import build_gnn
+
+    c = make_config("gfkd")
+    assert (c.epochs, c.iterations, c.lr_structure, c.eval_every, c.fixed_order, c.even_batches) == (
+        300, 1500, 1.0, 1, True, False)
+    assert c.ema is None and not c.recalibrate_bn
+    path = tmp_path / "teacher.pt"
+    save_model(path, build_gnn("gcn-3-8", 3, 2), role="teacher", dataset="PROTEINS", split={"seed": 29},
+               train_size=8)
+    for extra, lr in (([], 5.0), (["--lr-structure", "2"], 2.0)):
+        out = tmp_path / f"run{lr}"
+        assert main(["acgkd", "--method", "gfkd", "--teacher", str(path), "--out", str(out), *TINY, *extra]) == 0
+        assert json.loads((out / "config.json").read_text())["config"]["lr_structure"] == lr
