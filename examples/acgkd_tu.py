@@ -141,9 +141,9 @@ def tables(cache: Path, seeds: list[int], datasets: list[str]) -> str:
     """The study's Markdown tables, from the cache alone (what is missing is marked and listed)."""
     cells = load_cells(cache)
     info = {p.parent.name: json.loads(p.read_text()) for p in cache.glob("*/dataset.json")}
-    lines = [f"Teacher {TEACHER} (seeded) on GFKD's 70/30 split (seed 29). Test accuracy (%) of the student, mean ± std "
-             f"over the seeds present (of {seeds}): after the last KD epoch, label-free selected (`student.pt`: best "
-             "agreement with the teacher on held-out pseudo-graphs, or for real-graph KD on its training graphs; no "
+    lines = [f"Teacher {TEACHER} (seeded) on GFKD's 70/30 split (seed 29). Test accuracy (%) of the student, mean "
+             f"± std over the seeds present (of {seeds}): after the last KD epoch, label-free selected (`student.pt`: "
+             "best agreement with the teacher on held-out pseudo-graphs, or for real-graph KD on its training graphs; no "
              "test label read), and the best evaluated epoch (GFKD's protocol: selects on test labels); the worst "
              "seed of the selected student; the majority-class rate of the test split. Each method at its own recipe "
              "under the CPU budgets listed below the table.", "",

@@ -182,7 +182,8 @@ def validate(c: DistillConfig) -> None:
         need(c.tau > 0 and (c.tau_end is None or c.tau_end > 0), "--tau and --tau-end must be > 0")
         need(c.curriculum in CURRICULA, f"--curriculum must be one of {CURRICULA}, got {c.curriculum!r}")
         need(c.projector in PROJECTORS, f"--projector must be one of {PROJECTORS}, got {c.projector!r}")
-        need(c.feature_loss in FEATURE_LOSSES, f"--feature-loss must be one of {FEATURE_LOSSES}, got {c.feature_loss!r}")
+        need(c.feature_loss in FEATURE_LOSSES,
+             f"--feature-loss must be one of {FEATURE_LOSSES}, got {c.feature_loss!r}")
         need(c.degree_cap is None or c.degree_cap > 0, f"--degree-cap must be > 0 or None, got {c.degree_cap}")
         need(c.graph_factor > 0, f"--graph-factor must be > 0, got {c.graph_factor}")
         need(0 < c.init_density < 1, f"--init-density must be in (0, 1), got {c.init_density}")

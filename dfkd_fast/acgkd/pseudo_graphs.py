@@ -131,7 +131,8 @@ def bound_degrees(adj: Tensor, scores: Tensor, mask: Tensor, limit: Tensor | Non
     An edge ``i -> j`` survives the bound when it is among the ``limit`` highest-``scores`` edges leaving ``i`` *and*
     among those entering ``j`` (symmetric graphs: among both endpoints' edges), so every in- and out-degree is at most
     ``limit`` and dropped edges pass no gradient. A valid node left with no edge then gets a constant edge (both
-    directions) to the valid node of highest score; its partner may end one above the bound.
+    directions) to the valid node of highest score; a partner may end above the bound (one edge per node it
+    joins).
     """
     n = adj.shape[1]
     eye = torch.eye(n, dtype=torch.bool, device=adj.device)
@@ -141,8 +142,9 @@ def bound_degrees(adj: Tensor, scores: Tensor, mask: Tensor, limit: Tensor | Non
     present = off.detach() > 0
     if limit is not None:
         s = torch.where(present, scores, float("-inf"))
-        out_rank = s.argsort(dim=2, descending=True, stable=True).argsort(dim=2, stable=True)  # rank of j among i's edges
-        in_rank = s.argsort(dim=1, descending=True, stable=True).argsort(dim=1, stable=True)  # rank of i among j's edges
+        # rank of j among i's edges (out) and of i among j's edges (in)
+        out_rank = s.argsort(dim=2, descending=True, stable=True).argsort(dim=2, stable=True)
+        in_rank = s.argsort(dim=1, descending=True, stable=True).argsort(dim=1, stable=True)
         keep = present & (out_rank < limit[:, None, None]) & (in_rank < limit[:, None, None])
         off = off * keep
         present = keep
