@@ -21,7 +21,7 @@ import torch
 from bench.conftest import DEVICE, ON_GPU, record_case, skip_unless_runnable, time_op
 from dfkd_fast.acgkd import losses
 from dfkd_fast.acgkd.config import make_config
-from dfkd_fast.acgkd.trainer import make_trainer
+from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.models.gnn import build_gnn
 
 GRAPHS = 779 if ON_GPU else 128  # PROTEINS: 1113 graphs, 70% train

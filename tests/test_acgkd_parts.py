@@ -143,3 +143,105 @@ def test_bernoulli_graphs_start_half_dense_and_asymmetric():
     assert 0.45 < float(density) < 0.55
     assert not torch.equal(g.adj, g.adj.transpose(1, 2))
     torch.testing.assert_close(g.adj.diagonal(dim1=1, dim2=2), mask.double().to(g.adj.dtype))
+
+
+def degrees(adj, mask):
+    eye = torch.eye(adj.shape[1], dtype=torch.bool)
+    off = (adj.detach() > 0) & ~eye
+    return off.sum(2), off.sum(1)  # out-degree, in-degree
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_degree_bound_and_no_isolated_nodes(symmetric):
+    """Inside the budget every degree is at most the bound; no valid node is isolated; gradients reach kept edges."""
+    kw = dict(min_nodes=8, max_nodes=20, xi=0.15, symmetric=symmetric, seed=3)
+    free = PseudoGraphs(16, 4, 2, **kw)
+    bound = PseudoGraphs(16, 4, 2, degree_cap=1.0, **kw)
+    bound.load_state_dict(free.state_dict())
+    with torch.no_grad():  # a few hubs: the budget alone gives them many edges
+        for g in (free, bound):
+            g.edge_logits[:, :3] += 4.0
+            g.edge_logits[:, :, :3] += 4.0
+    a_free, a_bound = free.sample(), bound.sample()
+    mask = a_free.mask
+    limit = bound.degree_limits(bound.num_nodes)
+    out_free, _ = degrees(a_free.adj, mask)
+    out_deg, in_deg = degrees(a_bound.adj, mask)
+    assert (out_free.max(1).values > limit).any()  # the old sampler exceeds the bound
+    assert (out_deg <= limit[:, None]).all() and (in_deg <= limit[:, None]).all()
+    assert ((a_bound.adj.detach() > 0) <= (a_free.adj.detach() > 0)).all()  # a subset of the budget's edges
+    if symmetric:
+        torch.testing.assert_close(a_bound.adj, a_bound.adj.transpose(1, 2))
+    # with isolated nodes joined: none left, and the added edges are constants
+    joined = PseudoGraphs(16, 4, 2, degree_cap=1.0, connect_isolated=True, **kw)
+    joined.load_state_dict(bound.state_dict())
+    a_joined = joined.sample()
+    out_j, in_j = degrees(a_joined.adj, mask)
+    assert ((out_j + in_j)[mask] > 0).all() and ((out_deg + in_deg)[mask] == 0).any()
+    a_joined.adj.sum().backward()
+    grad = joined.edge_logits.grad
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(torch.diagonal(a_joined.adj, dim1=1, dim2=2), mask.float())  # self-loops kept
+    # defaults off: the sampler's graphs unchanged
+    plain = PseudoGraphs(16, 4, 2, **kw)
+    plain.load_state_dict(free.state_dict())
+    plain.sampler.offset = 0
+    free.sampler.offset = 0
+    torch.testing.assert_close(plain.sample().adj, free.sample().adj, rtol=0, atol=0)
+
+
+class ByNodeCount(torch.nn.Module):
+    """A stand-in teacher: class 1 for graphs whose node count is a multiple of 3 (about a third), else class 0."""
+
+    def forward(self, graphs):
+        one = (graphs.mask.sum(1) % 3 == 0).float()
+        return torch.stack([1 - one, one], 1) * 4
+
+
+def test_balanced_curriculum_pools_hold_both_classes():
+    graphs = PseudoGraphs(40, 3, 2, seed=5)
+    teacher = ByNodeCount()
+    classes = (graphs.num_nodes % 3 == 0).long()
+    balanced = Curriculum.build("size", graphs, teacher, 10, 0.3, 0.5, balanced=True, count=36)
+    assert sorted(balanced.order.tolist()) == list(range(36))  # the held-out graphs 36..39 left out
+    counts = torch.bincount(classes[:36], minlength=2)
+    assert counts.min() >= 5 and counts.max() >= 2 * counts.min(), counts  # imbalanced, both present
+    for size in range(2, 2 * int(counts.min()) + 1):
+        prefix = torch.bincount(classes[balanced.order[:size]], minlength=2)
+        assert (prefix.max() - prefix.min()) <= 1, (size, prefix)
+    for c in range(2):  # within each class still easy (small) first
+        members = balanced.order[classes[balanced.order] == c]
+        assert (graphs.num_nodes[members].diff() >= 0).all()
+    plain = Curriculum.build("size", graphs, teacher, 10, 0.3, 0.5)
+    assert plain.order.numel() == 40 and (graphs.num_nodes[plain.order].diff() >= 0).all()
+
+
+def test_feature_losses():
+    s, t = torch.randn(5, 8), torch.randn(5, 8)
+    n = torch.tensor([3, 5, 7, 9, 11])
+    torch.testing.assert_close(losses.feature_loss(s, t, "sum"), F.mse_loss(s, t))
+    torch.testing.assert_close(losses.feature_loss(s, t, "mean", n), F.mse_loss(s / n[:, None], t / n[:, None]))
+    cos = losses.feature_loss(s, t, "cosine")
+    torch.testing.assert_close(cos, (1 - F.cosine_similarity(s, t)).mean())
+    torch.testing.assert_close(losses.feature_loss(7 * s, 3 * t, "cosine"), cos)  # scale-free
+    assert losses.feature_loss(t, t, "cosine").abs() < 1e-6
+    with pytest.raises(ValueError, match="kind"):
+        losses.feature_loss(s, t, "l1")
+
+
+def test_pictures_have_a_legend(tmp_path):
+    from PIL import Image
+
+    from dfkd_fast.acgkd.pictures import LEGEND_ROW, PALETTE, draw_graphs, legend_entries
+
+    graphs = PseudoGraphs(5, 3, 2, min_nodes=4, max_nodes=7, seed=1).hard_sample()
+    path = draw_graphs(graphs, tmp_path / "p.png", cell=100, columns=4)
+    image = Image.open(path).convert("RGB")
+    assert image.size[1] > 2 * 100  # the legend lies below the two rows of graphs
+    legend = image.crop((0, 200, image.size[0], image.size[1]))
+    colours = {legend.getpixel((x, y)) for x in range(legend.size[0]) for y in range(legend.size[1])}
+    assert all(PALETTE[k] in colours for k in range(3))  # one swatch per node type
+    assert [label for _, label in legend_entries(3)] == ["node type 0", "node type 1", "node type 2"]
+    assert LEGEND_ROW > 0
+    with pytest.raises(ValueError, match="type_names"):
+        draw_graphs(graphs, tmp_path / "q.png", type_names=["C", "N"])

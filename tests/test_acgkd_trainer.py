@@ -1,5 +1,6 @@
 """The trainers end to end at toy sizes: every method runs, writes its run directory and resumes bit for bit."""
 
+import copy
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.student import ProjectedStudent
-from dfkd_fast.acgkd.trainer import make_trainer
+from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.data.graphs import motif_dataset
 from dfkd_fast.models.gnn import build_gnn
 from dfkd_fast.runs import RunDir
@@ -94,3 +95,137 @@ def test_fused_and_reference_generation_steps_agree(teacher):
     torch.testing.assert_close(a["loss"], b["loss"], rtol=1e-5, atol=1e-6)
     assert grad_a.abs().sum() > 0
     torch.testing.assert_close(grad_a, grad_b, rtol=1e-4, atol=1e-6)
+
+
+class Constant(torch.nn.Module):
+    """A collapsed student: the same logits for every graph."""
+
+    def forward(self, graphs):
+        n = graphs.mask.shape[0] if hasattr(graphs, "mask") else int(graphs.num_graphs)
+        return torch.tensor([[2.0, -1.0]]).expand(n, 2)
+
+
+def test_collapse_guard_fires_on_a_constant_student_only(teacher, graphs, capsys):
+    from dfkd_fast.acgkd.trainer import collapse_message
+
+    assert "class 0 for 100% of the 20" in collapse_message(torch.zeros(20, dtype=torch.long), 2, 0.9)
+    assert collapse_message(torch.tensor([0, 1] * 10), 2, 0.9) is None
+    assert collapse_message(torch.tensor([1] * 17 + [0] * 3), 2, 0.9) is None  # 85% < 90%
+    from dfkd_fast.acgkd.teacher import train_model
+    from dfkd_fast.acgkd.trainer import predictions, graph_batches
+
+    good = build_gnn("gcn-3-16", 6, 2)
+    assert train_model(good, graphs, graphs, epochs=30, seed=0) > 0.8  # a good student: fitted to these graphs
+    trainer = make_trainer(make_config("acgkd", **TINY, ema=None), teacher, eval_graphs=graphs)
+    trainer.student = good
+    assert 0.3 < float(predictions(good, graph_batches(graphs)).float().mean()) < 0.7
+    assert trainer.collapse_warnings() == []
+    trainer.student = Constant()
+    lines = trainer.collapse_warnings()
+    assert len(lines) == 2 and all("\n" not in line and "collapsed" in line for line in lines)
+    # fit prints them, one line each, on stderr
+    trainer = make_trainer(make_config("acgkd", **{**TINY, "epochs": 1}), teacher, eval_graphs=graphs)
+    trainer.ema_student.forward = Constant().forward  # the weight average is what is evaluated
+    trainer.fit()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "warning" in line] == [line for line in err if "collapsed onto one class" in line]
+    assert len([line for line in err if "collapsed" in line]) == 2
+
+
+def with_labels(graphs, labels):
+    out = []
+    for g, y in zip(graphs, labels):
+        g = g.clone()
+        g.y = torch.tensor([int(y)])
+        out.append(g)
+    return out
+
+
+@pytest.mark.parametrize("method", ["acgkd", "gfkd", "real"])
+def test_selection_never_reads_test_labels(method, teacher, graphs):
+    """Permuted (or absent) test labels change the reported accuracy, never which student is selected."""
+    eval_graphs = graphs[:8]
+    flipped = with_labels(eval_graphs, [1 - int(g.y) for g in eval_graphs])
+    selected = []
+    for evaluation in (eval_graphs, flipped, None):
+        config = make_config(method, **{**TINY, "epochs": 6})
+        trainer = make_trainer(config, teacher, eval_graphs=evaluation, train_graphs=graphs[8:])
+        summary = trainer.fit()
+        selected.append((trainer.selected, trainer.selected_state, summary))
+    (sel_a, state_a, sum_a), (sel_b, state_b, sum_b), (sel_c, state_c, _) = selected
+    assert sel_a == sel_b == sel_c and sel_a["epoch"] >= 1
+    for name, value in state_a.items():
+        torch.testing.assert_close(state_b[name], value, rtol=0, atol=0)
+        torch.testing.assert_close(state_c[name], value, rtol=0, atol=0)
+    assert sum_a["selected_acc"] + sum_b["selected_acc"] == pytest.approx(1.0)  # labels flipped: acc -> 1 - acc
+    assert sum_a["selected_epoch"] == sel_a["epoch"]
+
+
+def test_held_out_pseudo_graphs_are_never_trained_on(teacher):
+    trainer = make_trainer(make_config("acgkd", **{**TINY, "holdout": 0.3, "epochs": 2}), teacher)
+    trainer.fit(max_steps=TINY["iterations"])
+    trainer.finish_generation()
+    assert trainer.num_holdout == 4 and len(trainer.graphs) == 14
+    assert int(trainer.curriculum.order.max()) < 10 and trainer.curriculum.order.numel() == 10
+    assert trainer.selection_set[0].mask.shape[0] == 4
+
+
+def test_batch_order_and_sizes(teacher):
+    shuffled = make_trainer(make_config("acgkd", **TINY), teacher)  # 10 graphs, batch 4: even batches 4, 3, 3
+    pool = torch.arange(10)
+    assert [b.numel() for b in shuffled._shuffled(pool)] == [4, 3, 3]
+    assert torch.equal(torch.sort(torch.cat(shuffled._shuffled(pool))).values, pool)
+    fixed = make_trainer(make_config("gfkd", **TINY), teacher)  # GFKD: one order, 32-style batches + remainder
+    first, second = fixed._shuffled(pool), fixed._shuffled(pool)
+    assert [b.tolist() for b in first] == [b.tolist() for b in second] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_recalibrated_bn_statistics_are_exact_averages(teacher):
+    trainer = make_trainer(make_config("gfkd", **{**TINY, "iterations": 2}), teacher)
+    trainer.fit(max_steps=2)
+    trainer.finish_generation()
+    trainer.recalibrate_bn()
+    graphs = next(trainer.bn_graphs())
+    student = copy.deepcopy(trainer.student)
+    for m in student.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = 1.0  # one batch: running stats = that batch's statistics
+    student.train()(graphs)
+    for (name, a), b in zip(trainer.student.state_dict().items(), student.state_dict().values()):
+        if "running" in name:
+            torch.testing.assert_close(a, b, msg=name)
+
+
+def test_no_import_cycle_between_trainer_and_gfkd():
+    """gfkd imports trainer; trainer imports gfkd nowhere, not even lazily; importing gfkd first works."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dfkd_fast.acgkd.trainer as trainer_module
+
+    tree = ast.parse(Path(trainer_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert not any(name and name.startswith(("dfkd_fast.acgkd.gfkd", "dfkd_fast.acgkd.methods")) for name in imported)
+    code = ("import dfkd_fast.acgkd.gfkd as g, dfkd_fast.acgkd.methods as m; "
+            "assert m.TRAINERS['gfkd'] is g.GFKDTrainer and m.TRAINERS['real'] is g.RealKDTrainer; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_weight_average_is_evaluated_and_saved(teacher, graphs):
+    config = make_config("acgkd", **{**TINY, "epochs": 3, "ema": 0.5, "recalibrate_bn": False})
+    trainer = make_trainer(config, teacher, eval_graphs=graphs)
+    start = copy.deepcopy(trainer.student.state_dict())
+    trainer.fit()
+    assert trainer.eval_model is trainer.ema_student
+    # after at least one step the average lies strictly between the start and the student, for trained weights
+    name = next(k for k, v in trainer.student.named_parameters() if v.requires_grad)
+    avg, raw, first = trainer.ema_student.state_dict()[name], trainer.student.state_dict()[name], start[name]
+    assert not torch.equal(avg, raw) and not torch.equal(avg, first)
+    assert trainer.selected_state is not None and set(trainer.selected_state) == set(start)
+    gfkd = make_trainer(make_config("gfkd", **TINY), teacher)
+    assert gfkd.ema_student is None and gfkd.eval_model is gfkd.student  # GFKD: the raw student

@@ -5,6 +5,7 @@
 * :mod:`~dfkd_fast.acgkd.student`: the widened student reusing the teacher's classifier;
 * :mod:`~dfkd_fast.acgkd.curriculum`, :mod:`~dfkd_fast.acgkd.losses`: easy-to-hard order, adversarial temperature;
 * :mod:`~dfkd_fast.acgkd.trainer` (ACGKD), :mod:`~dfkd_fast.acgkd.gfkd` (GFKD baseline, KD with real graphs);
+* :mod:`~dfkd_fast.acgkd.methods`: ``make_trainer``, the trainer of each method;
 * :mod:`~dfkd_fast.acgkd.cli`, :mod:`~dfkd_fast.acgkd.teacher`, :mod:`~dfkd_fast.acgkd.evaluate`,
   :mod:`~dfkd_fast.acgkd.demo`: the ``dfkd-fast`` commands and the graph demo.
 """

@@ -3,7 +3,8 @@
 
 Every field of the method's config (:mod:`dfkd_fast.acgkd.config`) is an option of the same name. The run directory
 holds config.json, metrics.jsonl, checkpoint.pt (atomic; ``--resume`` continues bit for bit), pictures.png (a grid
-of pseudo-graphs) and student.pt (the distilled student, readable by ``dfkd-fast eval --task graph``).
+of pseudo-graphs), student.pt (the distilled student selected without labels: best agreement with the teacher on
+held-out pseudo-graphs; readable by ``dfkd-fast eval --task graph``) and last_student.pt (the last epoch's).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import torch
 
 from dfkd_fast.acgkd.config import CONFIGS, METHODS, make_config
 from dfkd_fast.acgkd.teacher import dataset_and_split, load_teacher, save_model
-from dfkd_fast.acgkd.trainer import make_trainer
+from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.data.graphs import MOTIFS
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.runs import RunDir, resume_options, say
 
 STUDENT_FILE = "student.pt"
+GFKD_FAST_STRUCTURE = ("PROTEINS", "COLLAB", "REDDIT-BINARY")  # GFKD: structure lr 5.0 instead of 1.0
+LAST_STUDENT_FILE = "last_student.pt"
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -62,11 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{f.metadata['help']} ({shown})"
         type_name = str(f.type).replace(" | None", "")
         if type_name == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
         else:
             kind = _TYPES[type_name]
             parse = _parse_optional(kind) if "None" in str(f.type) else kind
-            group.add_argument(flag, type=parse, default=None, choices=f.metadata.get("choices"), help=help_text)
+            group.add_argument(flag, type=parse, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+                               help=help_text)  # absent unless given: "none" can then mean None
 
 
 def _device(name: str) -> torch.device:
@@ -89,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
         cli = saved["cli"]
     else:
         names = _config_fields()
-        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        options = {k: getattr(args, k) for k in names if hasattr(args, k)}
         cli = {"teacher": args.teacher, "method": args.method, "data_root": args.data_root}
         if not args.teacher:
             raise DfkdError("--teacher is required (a teacher.pt from `dfkd-fast teacher --task graph`)")
     config = make_config(cli["method"], **options)
     teacher, meta = load_teacher(cli["teacher"], config.teacher_arch)
+    if config.method == "gfkd" and "lr_structure" not in options and meta.get("dataset") in GFKD_FAST_STRUCTURE:
+        config.lr_structure = 5.0  # GFKD's recipe on these datasets
     train, test = _real_graphs(meta, cli["data_root"], teacher, config.method)
     if config.num_graphs is None and train is None:
         config.num_graphs = int(meta.get("train_size") or 0) or None
@@ -109,10 +116,13 @@ def run(args: argparse.Namespace) -> int:
     if run_dir.resume:
         run_dir.restore(trainer)
     summary = trainer.fit(run_dir)
-    save_model(run_dir.path / STUDENT_FILE, trainer.student, role="student", method=config.method,
-               dataset=meta.get("dataset"), split=meta.get("split"), test_acc=summary["last_acc"])
+    common = {"role": "student", "method": config.method, "dataset": meta.get("dataset"), "split": meta.get("split")}
+    save_model(run_dir.path / STUDENT_FILE, trainer.selected_student(), **common, test_acc=summary["selected_acc"],
+               selected_epoch=summary["selected_epoch"])
+    save_model(run_dir.path / LAST_STUDENT_FILE, trainer.eval_model, **common, test_acc=summary["last_acc"])
     acc = "n/a (no test graphs)" if summary["last_acc"] is None else (
-        f"{summary['last_acc']:.2%} (best {summary['best_acc']:.2%})")
+        f"selected (epoch {summary['selected_epoch']}) {summary['selected_acc']:.2%}, last {summary['last_acc']:.2%}, "
+        f"best evaluated {summary['best_acc']:.2%}")
     run_dir.plot_metrics()
     say(f"{config.method}: {config.student} student from {teacher.spec} teacher: test accuracy {acc}; "
         f"generation {summary['generation_s']:.1f}s, KD {summary['kd_s']:.1f}s; wrote {run_dir.path / STUDENT_FILE}")

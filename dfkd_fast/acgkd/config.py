@@ -15,6 +15,7 @@ from dfkd_fast.models.gnn import parse_spec
 METHODS = ("acgkd", "gfkd", "real")
 CURRICULA = ("confidence", "size", "density", "none")
 PROJECTORS = ("gat", "linear", "none")
+FEATURE_LOSSES = ("cosine", "mean", "sum")
 
 
 def _f(default, help: str, **kw):
@@ -37,7 +38,23 @@ class DistillConfig:
     kd_temperature: float = _f(2.0, "KD temperature when it is not learnt (GFKD: T = 2)")
     seed: int = _f(0, "seed of the pseudo-graphs, the sampler stream and the student")
     fused: bool = _f(True, "fused ops (the C++ Binary Concrete sampler, fused BN statistics on CUDA) or the reference")
-    eval_every: int = _f(10, "evaluate the student on the real test split every this many KD epochs")
+    eval_every: int = _f(10, "evaluate the student on the real test split every this many KD epochs (and score it "
+                         "for the label-free selection)")
+    holdout: float = _f(0.2, "held-out pseudo-graphs for the label-free selection of student.pt, as a fraction of "
+                        "--num-graphs (at least 4; generated with the others, never trained on; 0: student.pt is the "
+                        "last student). The student that agrees best with the teacher on them (class-balanced "
+                        "agreement, then KL) is kept; KD with real graphs scores on its training graphs instead")
+    collapse_threshold: float = _f(0.9, "warn (one line) when one class gets at least this fraction of the student's "
+                                   "predictions on the evaluation graphs (a collapsed student; labels not read)")
+    ema: float | None = _f(0.99, "evaluate, select and save an exponential moving average of the student's weights "
+                           "(this decay per KD step; None: the raw student). The raw student's accuracy swung by up "
+                           "to 10 points between evaluations; the average is what a user can rely on")
+    recalibrate_bn: bool = _f(True, "before each evaluation, re-estimate the student's BatchNorm running statistics "
+                              "in one pass over all the KD graphs (exact averages instead of the momentum averages "
+                              "of the last few batches, which swung the evaluated accuracy); training is unchanged")
+    fixed_order: bool = _f(False, "keep one KD batch order for every epoch (GFKD's loader) instead of reshuffling")
+    even_batches: bool = _f(True, "split each KD epoch into ceil(graphs / batch_size) near-equal batches instead of "
+                            "full batches plus a small remainder (a 3-graph batch of one class destabilised GIN's BN)")
     checkpoint_every: int = _f(50, "write the checkpoint every this many generation steps (and every eval)")
     pictures: int = _f(16, "pseudo-graphs drawn in pictures.png (0: none)")
 
@@ -49,6 +66,8 @@ class ACGKDConfig(DistillConfig):
 
     method: str = _f("acgkd", "distillation method", choices=METHODS)
     # pseudo-graphs
+    graph_factor: float = _f(1.0, "pseudo-graphs per graph of --num-graphs (the training-set size): more graphs, "
+                             "more node-feature patterns for the student (generation is cheap)")
     tau: float = _f(1.0, "Binary Concrete temperature at the first generation step")
     tau_end: float | None = _f(0.3, "temperature at the last step (geometric annealing); None keeps tau")
     xi: float | None = _f(0.1, "spatial complexity xi: at most floor(xi * pairs) edges per graph (notes §3.2 (b); "
@@ -56,6 +75,12 @@ class ACGKDConfig(DistillConfig):
     edge_budget: int | None = _f(None, "spatial complexity as an absolute edge budget per graph (instead of xi)")
     init_density: float = _f(0.1, "initial mean edge probability (GFKD starts at 0.5)")
     symmetric: bool = _f(True, "undirected pseudo-graphs (mirrored upper triangle), like the real TU graphs")
+    degree_cap: float | None = _f(2.0, "per-node degree bound inside the budget, as a multiple of the budget's mean "
+                                  "degree (at least 2): each node keeps its strongest edges. Without it a few hubs "
+                                  "took the budget (MUTAG: degrees up to 12, 17% isolated nodes), and a sum-GIN "
+                                  "student learnt BN statistics that real graphs never match. None: no bound")
+    connect_isolated: bool = _f(True, "join each node the budget left isolated to its strongest partner (a constant "
+                                "edge; real TU graphs have almost no isolated nodes)")
     straight_through: bool = _f(True, "hard 0/1 edges forward, relaxed gradient backward (Binary Concrete ST)")
     hard_features: bool = _f(False, "one-hot argmax node features forward, softmax gradient backward (off: on "
                              "MUTAG the students then collapsed to one class)")
@@ -68,13 +93,18 @@ class ACGKDConfig(DistillConfig):
     # student
     projector: str = _f("gat", "projector from the student's width to the teacher's, feeding the teacher's "
                         "frozen classifier (none: the student keeps its own classifier)", choices=PROJECTORS)
-    w_feat: float = _f(0.1, "weight of the MSE between projected student and teacher pooled features (sum "
-                       "pooling makes them large: 0.1 keeps the KD term in play)")
+    feature_loss: str = _f("cosine", "feature term between projected student and teacher pooled features: cosine "
+                           "(1 - cosine similarity: scale-free), mean (MSE of mean-pooled features) or sum (MSE of "
+                           "the sum-pooled features; swung between 8 and 119 between epochs)", choices=FEATURE_LOSSES)
+    w_feat: float = _f(1.0, "weight of the feature term (with --feature-loss sum, 0.1 kept the KD term in play)")
     w_kd: float = _f(1.0, "weight of the logit KD term")
     # curriculum over pseudo-graphs
     curriculum: str = _f("confidence", "difficulty order of the pseudo-graphs, easy first", choices=CURRICULA)
     curriculum_start: float = _f(0.4, "fraction of the pseudo-graphs (the easiest) used in the first KD epoch")
     curriculum_ramp: float = _f(0.5, "fraction of the KD epochs after which every pseudo-graph is used")
+    balanced_curriculum: bool = _f(True, "class-balanced curriculum pools: easiest first within each class of the "
+                                   "teacher's prediction, interleaved (unbalanced, the first pool was 85-94% one "
+                                   "class and the students collapsed onto it)")
     resample: bool = _f(True, "draw fresh edges from the learnt distribution every KD epoch")
     # adversarial temperature (CTKD)
     adversarial: bool = _f(True, "learn the KD temperature adversarially (gradient reversal, CTKD)")
@@ -90,7 +120,13 @@ class GFKDConfig(DistillConfig):
 
     method: str = _f("gfkd", "distillation method", choices=METHODS)
     iterations: int = _f(1500, "pseudo-graph optimisation steps (GFKD's script: 1500; paper: 2500)")
-    lr_structure: float = _f(1.0, "Adam learning rate of the structure logits (GFKD: 1.0; 5.0 on PROTEINS)")
+    eval_every: int = _f(1, "evaluate every this many KD epochs (GFKD: every epoch, reporting the best)")
+    fixed_order: bool = _f(True, "one KD batch order for every epoch (GFKD's released loader)")
+    even_batches: bool = _f(False, "near-equal KD batches (GFKD: batches of 32 and the remainder)")
+    recalibrate_bn: bool = _f(False, "re-estimate the student's BN statistics before evaluating (GFKD: no)")
+    ema: float | None = _f(None, "weight average of the student (GFKD: none, the raw student is evaluated)")
+    lr_structure: float = _f(1.0, "Adam learning rate of the structure logits (GFKD: 1.0; `dfkd-fast acgkd` uses 5.0 "
+                             "for a PROTEINS, COLLAB or REDDIT-BINARY teacher unless given)")
     lr_features: float = _f(0.01, "Adam learning rate of the feature logits")
     lr_decay_every: int = _f(700, "multiply both learning rates by 0.1 every this many steps (GFKD's code)")
     w_bn: float = _f(0.01, "weight of the BN-statistics loss (GFKD: 0.01)")
@@ -109,7 +145,8 @@ CONFIGS = {"acgkd": ACGKDConfig, "gfkd": GFKDConfig, "real": RealKDConfig}
 
 
 def make_config(method: str = "acgkd", **overrides) -> DistillConfig:
-    """The config of ``method`` with ``overrides`` (unknown names and impossible values are DfkdErrors)."""
+    """The config of ``method`` with ``overrides`` (unknown names and impossible values are DfkdErrors); the
+    options that accept None take it as given."""
     if method not in CONFIGS:
         raise DfkdError(f"--method must be one of {METHODS}, got {method!r}")
     cls = CONFIGS[method]
@@ -117,7 +154,7 @@ def make_config(method: str = "acgkd", **overrides) -> DistillConfig:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise DfkdError(f"--method {method} has no option {', '.join('--' + u.replace('_', '-') for u in unknown)}")
-    config = cls(**{k: v for k, v in overrides.items() if v is not None})
+    config = cls(**overrides)  # an explicit None is a value (e.g. --ema none, --tau-end none)
     validate(config)
     return config
 
@@ -138,10 +175,17 @@ def validate(c: DistillConfig) -> None:
         need(getattr(c, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
     need(c.iterations >= 0, f"--iterations must be >= 0, got {c.iterations}")
     need(c.lr > 0 and c.kd_temperature > 0, "--lr and --kd-temperature must be > 0")
+    need(c.ema is None or 0 <= c.ema < 1, f"--ema must be in [0, 1) or None, got {c.ema}")
+    need(0 <= c.holdout <= 1, f"--holdout must be in [0, 1], got {c.holdout}")
+    need(0 < c.collapse_threshold <= 1, f"--collapse-threshold must be in (0, 1], got {c.collapse_threshold}")
     if isinstance(c, ACGKDConfig):
         need(c.tau > 0 and (c.tau_end is None or c.tau_end > 0), "--tau and --tau-end must be > 0")
         need(c.curriculum in CURRICULA, f"--curriculum must be one of {CURRICULA}, got {c.curriculum!r}")
         need(c.projector in PROJECTORS, f"--projector must be one of {PROJECTORS}, got {c.projector!r}")
+        need(c.feature_loss in FEATURE_LOSSES,
+             f"--feature-loss must be one of {FEATURE_LOSSES}, got {c.feature_loss!r}")
+        need(c.degree_cap is None or c.degree_cap > 0, f"--degree-cap must be > 0 or None, got {c.degree_cap}")
+        need(c.graph_factor > 0, f"--graph-factor must be > 0, got {c.graph_factor}")
         need(0 < c.init_density < 1, f"--init-density must be in (0, 1), got {c.init_density}")
         need(0 < c.curriculum_start <= 1 and 0 <= c.curriculum_ramp <= 1,
              "--curriculum-start must be in (0, 1] and --curriculum-ramp in [0, 1]")

@@ -23,8 +23,8 @@ from dfkd_fast.acgkd.pseudo_graphs import PseudoGraphs
 
 
 @torch.no_grad()
-def difficulty(kind: str, graphs: PseudoGraphs, teacher: torch.nn.Module) -> Tensor:
-    """A score per pseudo-graph, lower = easier."""
+def difficulty(kind: str, graphs: PseudoGraphs, teacher: torch.nn.Module, probs: Tensor | None = None) -> Tensor:
+    """A score per pseudo-graph, lower = easier (``probs``: the teacher's probabilities on a hard sample, if drawn)."""
     if kind == "size":
         return graphs.num_nodes.double()
     if kind == "density":
@@ -33,7 +33,7 @@ def difficulty(kind: str, graphs: PseudoGraphs, teacher: torch.nn.Module) -> Ten
         pairs = n * (n - 1) / (2 if graphs.sampler.symmetric else 1)
         return p.double().sum((1, 2)) / pairs
     if kind == "confidence":
-        probs = torch.softmax(teacher(graphs.hard_sample()), dim=1)
+        probs = torch.softmax(teacher(graphs.hard_sample()), dim=1) if probs is None else probs
         return -probs.gather(1, graphs.labels.to(probs.device)[:, None]).squeeze(1).double()
     raise ValueError(f"difficulty: argument 'kind' must be size, density or confidence, got {kind!r}")
 
@@ -47,10 +47,24 @@ class Curriculum:
 
     @classmethod
     def build(cls, kind: str, graphs: PseudoGraphs, teacher: torch.nn.Module, epochs: int, start: float,
-              ramp: float) -> "Curriculum":
+              ramp: float, *, count: int | None = None, balanced: bool = False) -> "Curriculum":
+        """The order of the first ``count`` pseudo-graphs (all by default; the rest are held out).
+
+        ``balanced``: the easiest graph of each class (the teacher's prediction), then the second easiest of each,
+        and so on, so that every pool holds the classes in (nearly) equal shares."""
+        count = len(graphs) if count is None else count
         if kind == "none":
-            return cls(torch.arange(len(graphs)), epochs, 1.0, 0.0)
-        order = torch.sort(difficulty(kind, graphs, teacher).cpu(), stable=True).indices
+            return cls(torch.arange(count), epochs, 1.0, 0.0)
+        probs = torch.softmax(teacher(graphs.hard_sample()), dim=1) if kind == "confidence" or balanced else None
+        order = torch.sort(difficulty(kind, graphs, teacher, probs).cpu(), stable=True).indices
+        order = order[order < count]
+        if balanced:
+            classes = probs.argmax(1).cpu()[order]
+            rank = torch.zeros_like(order)  # rank of each graph within its class, in difficulty order
+            for c in classes.unique():
+                members = classes == c
+                rank[members] = torch.arange(int(members.sum()))
+            order = order[torch.sort(rank, stable=True).indices]
         return cls(order, epochs, start, ramp)
 
     def fraction(self, epoch: int) -> float:

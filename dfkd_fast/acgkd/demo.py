@@ -20,7 +20,7 @@ import torch
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.pictures import draw_pyg
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, save_model, train_model
-from dfkd_fast.acgkd.trainer import make_trainer
+from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.data.graphs import MOTIFS
 from dfkd_fast.models.gnn import build_gnn
 from dfkd_fast.runs import RunDir, seed_everything
@@ -43,6 +43,7 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
     try:
         dataset, train, test = dataset_and_split(MOTIFS, None)
         draw_pyg(test[:16], out_dir / "real_graphs.png")
+        seed_everything(0)  # before building: the demo's teacher is the same on every run
         teacher = build_gnn(TEACHER, dataset.num_features, dataset.num_classes)
         teacher_run = RunDir(out_dir / "teacher")
         teacher_acc = train_model(teacher, train, test, epochs=settings["teacher_epochs"], run=teacher_run)
@@ -54,12 +55,12 @@ def run_demo(out_dir: Path, quick: bool = False) -> dict:
                              epochs=settings["epochs"], eval_every=10, checkpoint_every=25)
         trainer = make_trainer(config, teacher.eval(), eval_graphs=test)
         summary = trainer.fit(RunDir(out_dir / "acgkd"))
-        save_model(out_dir / "acgkd" / "student.pt", trainer.student, role="student", method="acgkd",
-                   dataset=MOTIFS, split={"seed": 29}, test_acc=summary["last_acc"])
+        save_model(out_dir / "acgkd" / "student.pt", trainer.selected_student(), role="student", method="acgkd",
+                   dataset=MOTIFS, split={"seed": 29}, test_acc=summary["selected_acc"])
     finally:
         torch.set_num_threads(threads)
     wall = time.perf_counter() - start
-    student_acc = summary["last_acc"]
+    student_acc = summary["selected_acc"]  # student.pt: selected without labels
     print(f"ACGKD {STUDENT} student, no training graphs: held-out accuracy {student_acc:.2%} "
           f"({student_acc / teacher_acc:.0%} of the teacher); generation {summary['generation_s']:.0f}s, "
           f"KD {summary['kd_s']:.0f}s; wall time {wall:.0f}s; outputs in {out_dir}", flush=True)

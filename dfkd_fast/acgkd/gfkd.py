@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from dfkd_fast.acgkd import losses
 from dfkd_fast.acgkd.config import GFKDConfig, RealKDConfig
 from dfkd_fast.acgkd.pseudo_graphs import draw_counts_and_labels
-from dfkd_fast.acgkd.trainer import GraphDistiller
+from dfkd_fast.acgkd.trainer import GraphDistiller, graph_batches, select
 from dfkd_fast.models.gnn import GNN, DenseGraphs
 from dfkd_fast.nn import BNStatsLoss
 from dfkd_fast.reference.binary_concrete import node_mask
@@ -83,7 +83,7 @@ class GFKDTrainer(GraphDistiller):
         super().__init__(config, teacher, **kwargs)
         self._require_graph_count()
         cfg = config
-        self.graphs = BernoulliGraphs(self.num_graphs, self.teacher.in_dim, self.teacher.num_classes,
+        self.graphs = BernoulliGraphs(self.num_graphs + self.num_holdout, self.teacher.in_dim, self.teacher.num_classes,
                                       min_nodes=cfg.min_nodes, max_nodes=cfg.max_nodes, seed=cfg.seed).to(self.device)
         self.generator_optimizer = torch.optim.Adam([
             {"params": [self.graphs.structure], "lr": cfg.lr_structure},
@@ -135,6 +135,8 @@ class GFKDTrainer(GraphDistiller):
         z = best["features"]
         x = F.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype)
         self.exported = self.graphs.graphs(torch.sigmoid(best["structure"]) >= 0.5, x)
+        if self.num_holdout:
+            self.selection_set = [select(self.exported, self.holdout_index().to(self.device))]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "graphs": self.graphs.state_dict(),
@@ -164,7 +166,14 @@ class RealKDTrainer(GraphDistiller):
         if not self.train_graphs:
             raise ValueError("RealKDTrainer: argument 'train_graphs' must hold the real training graphs")
         self.iterations = 0  # nothing to generate
+        self.num_holdout = 0  # selection scores agreement with the teacher on the training graphs (no labels read)
+        self.selection_set = ([b.to(self.device) for b in graph_batches(self.train_graphs)] if config.holdout > 0
+                              else None)
         self._make_student_optimizer()
+
+    def bn_graphs(self) -> Iterator:
+        for batch in graph_batches(self.train_graphs, len(self.train_graphs)):
+            yield batch.to(self.device)
 
     def kd_batches(self) -> Iterator:
         from torch_geometric.data import Batch

@@ -30,9 +30,22 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor 
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * temperature**2
 
 
-def feature_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
-    """SimKD's feature term: mean squared error between projected student and teacher pooled features."""
-    return F.mse_loss(student_feature, teacher_feature)
+def feature_loss(student_feature: Tensor, teacher_feature: Tensor, kind: str = "sum",
+                 num_nodes: Tensor | None = None) -> Tensor:
+    """SimKD's feature term between projected student and teacher pooled features ``[B, H]``.
+
+    ``sum``: MSE of the sum-pooled features (their scale grows with the graph and swings with resampled edges);
+    ``mean``: MSE of the mean-pooled features (``num_nodes [B]`` per graph); ``cosine``: ``1 - cos`` per graph,
+    averaged (scale-free: the KD term alone sets the logits' scale).
+    """
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(student_feature, teacher_feature, dim=1)).mean()
+    if kind == "mean":
+        scale = num_nodes.to(student_feature.dtype).clamp(min=1)[:, None]
+        return F.mse_loss(student_feature / scale, teacher_feature / scale)
+    if kind == "sum":
+        return F.mse_loss(student_feature, teacher_feature)
+    raise ValueError(f"feature_loss: argument 'kind' must be cosine, mean or sum, got {kind!r}")
 
 
 class _GradientReversal(torch.autograd.Function):

@@ -1,4 +1,8 @@
-"""A PNG grid of pseudo-graphs, nodes coloured by type (argmax of the node features), drawn with Pillow."""
+"""A PNG grid of pseudo-graphs, nodes coloured by type (argmax of the node features), drawn with Pillow.
+
+A legend under the grid names the colours (``node type k`` = feature k, or the names passed in) and says what the
+lines and each cell's caption mean.
+"""
 
 from __future__ import annotations
 
@@ -30,13 +34,29 @@ def layout(adj: np.ndarray, iterations: int = 150, seed: int = 0) -> np.ndarray:
     return pos / np.maximum(pos.max(0), 1e-9)
 
 
-def draw_graphs(graphs: DenseGraphs, path: str | Path, cell: int = 160, columns: int = 4) -> Path:
-    """Draw every graph of the padded batch in a grid of ``columns`` and write the PNG to ``path``."""
+LEGEND_ROW = 16  # pixels per legend line
+
+
+def legend_entries(num_types: int, names: list[str] | None = None) -> list[tuple[tuple[int, int, int], str]]:
+    """(colour, label) of each node type; types beyond the palette share colours, as in the drawing."""
+    names = names or [f"node type {k}" for k in range(num_types)]
+    if len(names) != num_types:
+        raise ValueError(f"draw_graphs: argument 'type_names' must name the {num_types} node types, got "
+                         f"{len(names)} names")
+    return [(PALETTE[k % len(PALETTE)], names[k]) for k in range(num_types)]
+
+
+def draw_graphs(graphs: DenseGraphs, path: str | Path, cell: int = 160, columns: int = 4,
+                type_names: list[str] | None = None) -> Path:
+    """Draw every graph of the padded batch in a grid of ``columns``, with a legend below, and write the PNG."""
     from PIL import Image, ImageDraw
 
     count = graphs.mask.shape[0]
     rows = max(1, math.ceil(count / columns))
-    image = Image.new("RGB", (columns * cell, rows * cell), "white")
+    entries = legend_entries(graphs.x.shape[-1], type_names)
+    per_line = max(1, (columns * cell - 8) // 120)
+    legend_lines = 1 + math.ceil(len(entries) / per_line)
+    image = Image.new("RGB", (columns * cell, rows * cell + legend_lines * LEGEND_ROW + 6), "white")
     draw = ImageDraw.Draw(image)
     adj = graphs.adj.detach().float().cpu().numpy()
     types = graphs.x.detach().argmax(-1).cpu().numpy()
@@ -57,6 +77,13 @@ def draw_graphs(graphs: DenseGraphs, path: str | Path, cell: int = 160, columns:
                          outline=(0, 0, 0))
         draw.rectangle([ox, oy, ox + cell - 1, oy + cell - 1], outline=(220, 220, 220))
         draw.text((ox + 3, oy + 2), f"#{g} n={n}", fill=(0, 0, 0))
+    top = rows * cell + 4
+    draw.text((4, top), "colour = node type (argmax of the node features); grey line = edge; #graph n=nodes",
+              fill=(0, 0, 0))
+    for k, (colour, label) in enumerate(entries):
+        x, y = 4 + (k % per_line) * 120, top + LEGEND_ROW * (1 + k // per_line)
+        draw.ellipse([x, y + 2, x + 8, y + 10], fill=colour, outline=(0, 0, 0))
+        draw.text((x + 12, y), label, fill=(0, 0, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

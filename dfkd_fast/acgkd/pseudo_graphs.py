@@ -5,6 +5,12 @@ ACGKD's graphs (:class:`PseudoGraphs`) draw their edges with the Binary Concrete
 that plays the spatial-complexity parameter xi: at most ``floor(xi * pairs)`` (or ``edge_budget``) edges per graph.
 Node counts, labels and the feature parameterisation follow GFKD: ``n ~ U{min_nodes..max_nodes}``, labels uniform,
 features ``softmax(Z)`` while optimising and ``one_hot(argmax Z)`` once exported.
+
+What xi and the temperature do in practice: the budget binds for nearly every graph (on MUTAG 130 of 131 graphs had
+more positive draws than the budget), so the logits choose *which* edges, almost never *how many*; with
+straight-through hard edges the forward graph is ``1[logit + noise > 0]`` at any temperature, which then only scales
+the surrogate gradient. Inside the budget, ``degree_cap`` bounds each node's degree and ``connect_isolated`` leaves
+no node alone (:func:`bound_degrees`): what the student's BatchNorm learns then resembles real graphs' degrees.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from torch import Tensor, nn
 
 from dfkd_fast.models.gnn import DenseGraphs
 from dfkd_fast.nn import BinaryConcreteAdjacency
-from dfkd_fast.reference.binary_concrete import node_mask
+from dfkd_fast.reference.binary_concrete import edge_budget, node_mask
 
 
 def draw_counts_and_labels(num_graphs: int, min_nodes: int, max_nodes: int, num_classes: int,
@@ -38,8 +44,10 @@ class PseudoGraphs(nn.Module):
     def __init__(self, num_graphs: int, num_features: int, num_classes: int, *, min_nodes: int = 10,
                  max_nodes: int = 29, tau: float = 1.0, xi: float | None = 0.1, edge_budget: int | None = None,
                  init_density: float = 0.1, symmetric: bool = True, straight_through: bool = True,
-                 hard_features: bool = False, seed: int = 0, backend: str | None = None) -> None:
+                 hard_features: bool = False, degree_cap: float | None = None, connect_isolated: bool = False,
+                 seed: int = 0, backend: str | None = None) -> None:
         super().__init__()
+        self.degree_cap, self.connect_isolated = degree_cap, connect_isolated
         counts, labels = draw_counts_and_labels(num_graphs, min_nodes, max_nodes, num_classes, seed)
         self.register_buffer("num_nodes", counts)
         self.register_buffer("labels", labels)
@@ -79,10 +87,22 @@ class PseudoGraphs(nn.Module):
         mask, counts, n = self._layout(index)
         logits = self.edge_logits if index is None else self.edge_logits[index]
         adj = self.sampler(logits[:, :n, :n], counts, tau)
+        if self.degree_cap is not None or self.connect_isolated:
+            adj = bound_degrees(adj, logits[:, :n, :n].detach(), mask, self.degree_limits(counts),
+                                self.connect_isolated, self.sampler.symmetric)
         x = self.feature_probabilities(index)
         if self.hard_features:
             x = F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype) + (x - x.detach())
         return DenseGraphs(x, adj, mask)
+
+    def degree_limits(self, counts: Tensor) -> Tensor | None:
+        """Per-graph degree bound ``max(2, ceil(degree_cap * mean degree of the budget))`` (None: no bound)."""
+        s = self.sampler
+        budget = edge_budget(counts, s.symmetric, s.k, s.ratio)
+        if self.degree_cap is None or budget is None:
+            return None
+        mean_degree = budget.double() * (2 if s.symmetric else 1) / counts.double()
+        return torch.ceil(self.degree_cap * mean_degree).clamp(min=2).long().to(self.edge_logits.device)
 
     @torch.no_grad()
     def hard_sample(self, index: Tensor | None = None) -> DenseGraphs:
@@ -101,6 +121,41 @@ class PseudoGraphs(nn.Module):
             p = p.triu(1)
         pairs = mask[:, :, None] & mask[:, None, :] & ~torch.eye(p.shape[1], dtype=torch.bool, device=p.device)
         return torch.where(pairs, p, 0.0)
+
+
+def bound_degrees(adj: Tensor, scores: Tensor, mask: Tensor, limit: Tensor | None, connect_isolated: bool,
+                  symmetric: bool) -> Tensor:
+    """Bound the degrees of sampled graphs ``adj [B, n, n]`` (self-loops on the diagonal) by ``limit [B]``, and join
+    isolated nodes to their best partner.
+
+    An edge ``i -> j`` survives the bound when it is among the ``limit`` highest-``scores`` edges leaving ``i`` *and*
+    among those entering ``j`` (symmetric graphs: among both endpoints' edges), so every in- and out-degree is at most
+    ``limit`` and dropped edges pass no gradient. A valid node left with no edge then gets a constant edge (both
+    directions) to the valid node of highest score; a partner may end above the bound (one edge per node it
+    joins).
+    """
+    n = adj.shape[1]
+    eye = torch.eye(n, dtype=torch.bool, device=adj.device)
+    if symmetric:
+        scores = scores.triu(1) + scores.triu(1).transpose(1, 2)
+    off = adj.masked_fill(eye, 0.0)
+    present = off.detach() > 0
+    if limit is not None:
+        s = torch.where(present, scores, float("-inf"))
+        # rank of j among i's edges (out) and of i among j's edges (in)
+        out_rank = s.argsort(dim=2, descending=True, stable=True).argsort(dim=2, stable=True)
+        in_rank = s.argsort(dim=1, descending=True, stable=True).argsort(dim=1, stable=True)
+        keep = present & (out_rank < limit[:, None, None]) & (in_rank < limit[:, None, None])
+        off = off * keep
+        present = keep
+    if connect_isolated:
+        pairs = mask[:, :, None] & mask[:, None, :] & ~eye
+        lonely = mask & ~(present.any(2) | present.any(1))
+        partner = torch.where(pairs, scores, float("-inf")).argmax(2)  # [B, n]
+        add = torch.zeros_like(present).scatter_(2, partner[:, :, None], lonely[:, :, None]) & pairs
+        add = (add | add.transpose(1, 2)) & ~present
+        off = off + add.to(off.dtype)
+    return off + torch.diag_embed(torch.diagonal(adj, dim1=1, dim2=2))
 
 
 def annealed_tau(step: int, steps: int, tau: float, tau_end: float | None) -> float:

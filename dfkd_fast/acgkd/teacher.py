@@ -1,4 +1,7 @@
-"""``dfkd-fast teacher --task graph``: train a GCN/GIN teacher on a TU dataset or the embedded motif dataset.
+"""``dfkd-fast teacher --task graph``: train a GCN/GIN teacher on a TU dataset or the embedded motif dataset, or
+import a GFKD checkpoint (``--import gfkd CKPT --dataset NAME``: GFKD's class and node-label order mapped).
+
+``--seed S`` seeds everything before the model is built: the same command gives the same weights.
 
 Also the graph-model checkpoint format every graph command shares: ``{"kind": "dfkd_fast.graph_model", "arch",
 "projector", "in_dim", "num_classes", ["teacher_hidden"], "state_dict", "dataset", "split", ...}``, written
@@ -133,11 +136,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", type=int, default=0, help="which fold is the test set (with --folds)")
     parser.add_argument("--out", default="runs/teacher-graph", help="run directory (teacher.pt, metrics.jsonl)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--import", dest="import_from", nargs=2, metavar=("FORMAT", "CKPT"),
+                        help="instead of training, import a checkpoint: 'gfkd CKPT' (a GFKD GCN/GIN .pth of "
+                        "--dataset; its class and node-label numbering is mapped to dfkd_fast's from the TU files)")
+
+
+def import_gfkd(path: str | Path, name: str, data_root: str | Path) -> GNN:
+    """A GFKD checkpoint of TU dataset ``name`` as a dfkd_fast teacher, its orders mapped (see
+    :func:`dfkd_fast.models.gnn.load_gfkd_checkpoint`)."""
+    from dfkd_fast.models.gnn import load_gfkd_checkpoint
+
+    if name == graph_data.MOTIFS or data_root is None:
+        raise DfkdError("--import gfkd needs the checkpoint's TU dataset: pass --dataset NAME and --data-root")
+    feature_order, class_order = graph_data.gfkd_orders(data_root, name)
+    model = load_gfkd_checkpoint(path, feature_order, class_order)
+    if model.in_dim != len(feature_order) or model.num_classes != len(class_order):
+        raise DfkdError(f"{path} takes {model.in_dim} node features and {model.num_classes} classes but {name} has "
+                        f"{len(feature_order)} node labels and {len(class_order)} classes: not a {name} checkpoint")
+    return model
+
+
+def _import(args: argparse.Namespace) -> int:
+    kind, path = args.import_from
+    if kind != "gfkd":
+        raise DfkdError(f"--import: the only format is gfkd, got {kind!r}")
+    model = import_gfkd(path, args.dataset, args.data_root)
+    dataset, train, test = dataset_and_split(args.dataset, args.data_root, split_seed=args.split_seed,
+                                             folds=args.folds, fold=args.fold)
+    acc = accuracy(model, graph_batches(test))
+    out = Path(args.out)
+    save_model(out / TEACHER_FILE, model, role="teacher", dataset=args.dataset, source=f"gfkd:{path}",
+               split={"seed": args.split_seed, "folds": args.folds, "fold": args.fold}, train_size=len(train),
+               test_acc=acc)
+    print(f"imported GFKD {model.spec} for {args.dataset}: test accuracy {acc:.2%} ({len(test)} graphs); "
+          f"wrote {out / TEACHER_FILE}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from dfkd_fast.cpsc.teacher import validate_args
 
+    if getattr(args, "import_from", None):
+        return _import(args)
     if args.resume:  # the saved options win; --epochs N larger than the saved value extends the run
         run_dir = RunDir(args.out, resume=True, command="teacher-graph")
         saved = run_dir.read_config(required=("model", "dataset", "epochs"))
@@ -153,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.resume or changes:
         run_dir.write_config({**{k: v for k, v in vars(args).items() if k not in ("func", "given", "command", "task")},
                               "world_size": 1, "global_batch": args.batch_size})
+    seed_everything(args.seed)  # before building: the initial weights are part of the seeded run
     model = build_gnn(args.model, dataset.num_features, dataset.num_classes)
     acc = train_model(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       seed=args.seed, run=run_dir)

@@ -7,12 +7,15 @@ Every method runs the same two phases, one method each (:class:`GraphDistiller`)
 2. ``kd_epoch`` (repeated ``epochs`` times): ``kd_step`` on each batch of ``kd_batches``, and ``evaluate`` on the real
    test graphs every ``eval_every`` epochs.
 
-``fit`` runs both with a run directory (metrics.jsonl, atomic checkpoints, exact resume, a tqdm bar, pictures).
+``fit`` runs both with a run directory (metrics.jsonl, atomic checkpoints, exact resume, a tqdm bar, pictures), and
+keeps the label-free-selected student next to the last one. :func:`dfkd_fast.acgkd.methods.make_trainer` picks the
+trainer of a config (this module imports neither :mod:`~dfkd_fast.acgkd.gfkd` nor that one: no import cycle).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Iterator
 
@@ -26,7 +29,7 @@ from dfkd_fast.acgkd.pseudo_graphs import PseudoGraphs, annealed_tau
 from dfkd_fast.acgkd.student import ProjectedStudent, build_student
 from dfkd_fast.models.gnn import GNN, DenseGraphs
 from dfkd_fast.nn import BNStatsLoss
-from dfkd_fast.runs import RunDir, check_finite, divergence_guard, progress
+from dfkd_fast.runs import RunDir, check_finite, divergence_guard, progress, say
 
 # the flags to lower when a term or weights turn non-finite (the divergence guard's message)
 GENERATION_FLAGS = {"loss": "--lr-structure / --lr-features", "ce": "--w-ce", "bn": "--w-bn",
@@ -44,17 +47,67 @@ def graph_batches(graphs: list, batch_size: int = 256) -> list:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, batches: list, device: torch.device | str = "cpu") -> float:
-    """Fraction of graphs whose argmax logit is the label (``model`` in eval mode; its mode is restored)."""
+def predictions(model: nn.Module, batches: list, device: torch.device | str = "cpu") -> Tensor:
+    """Argmax classes of ``model`` (in eval mode; its mode is restored) on ``batches``, concatenated; reads no label."""
     was_training = model.training
     model.eval()
-    correct = total = 0
-    for batch in batches:
-        batch = batch.to(device)
-        correct += int((model(batch).argmax(1) == batch.y).sum())
-        total += int(batch.y.numel())
+    out = [model(batch.to(device)).argmax(1).cpu() for batch in batches]
     model.train(was_training)
-    return correct / max(total, 1)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def labels_of(batches: list) -> Tensor:
+    return torch.cat([batch.y.cpu() for batch in batches]) if batches else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, batches: list, device: torch.device | str = "cpu") -> float:
+    """Fraction of graphs whose argmax logit is the label (``model`` in eval mode; its mode is restored)."""
+    preds = predictions(model, batches, device)
+    return float((preds == labels_of(batches)).float().mean()) if preds.numel() else 0.0
+
+
+def class_fractions(preds: Tensor, num_classes: int) -> list[float]:
+    """Fraction of ``preds`` in each class."""
+    return (torch.bincount(preds, minlength=num_classes).double() / max(preds.numel(), 1)).tolist()
+
+
+def collapse_message(preds: Tensor, num_classes: int, threshold: float, what: str = "student") -> str | None:
+    """The one-line warning when one class holds at least ``threshold`` of ``preds`` (None otherwise).
+
+    A student that predicts (nearly) one class for every graph is a collapsed student even when its accuracy looks
+    plausible on an imbalanced split; the check reads predictions only, never labels.
+    """
+    if preds.numel() == 0 or threshold >= 1.0 + 1e-12:
+        return None
+    fractions = class_fractions(preds, num_classes)
+    top = max(range(num_classes), key=fractions.__getitem__)
+    if fractions[top] < threshold:
+        return None
+    return (f"dfkd-fast: warning: the {what} predicts class {top} for {fractions[top]:.0%} of the {preds.numel()} "
+            f"evaluation graphs (--collapse-threshold {threshold:g}): it has collapsed onto one class")
+
+
+@torch.no_grad()
+def agreement_score(student: nn.Module, teacher: nn.Module, graphs: list, num_classes: int) -> tuple[float, float]:
+    """(class-balanced agreement, mean KL(teacher || student)) of ``student`` with ``teacher`` on ``graphs``.
+
+    The label-free model-selection score: the mean over the teacher's predicted classes of the fraction of those
+    graphs on which the student predicts the same class (so a constant student scores 1 / classes at most), and the
+    KL at T = 1 as the tie-break (lower is better). Needs no label of any graph.
+    """
+    was_training = student.training
+    student.eval()
+    t_pred, s_pred, kl = [], [], []
+    for g in graphs:
+        t, s = teacher(g), student(g)
+        t_pred.append(t.argmax(1))
+        s_pred.append(s.argmax(1))
+        log_t, log_s = torch.log_softmax(t, 1), torch.log_softmax(s, 1)
+        kl.append((log_t.exp() * (log_t - log_s)).sum(1))
+    student.train(was_training)
+    t_pred, s_pred, kl = torch.cat(t_pred), torch.cat(s_pred), torch.cat(kl)
+    recalls = [float((s_pred[t_pred == c] == c).float().mean()) for c in range(num_classes) if (t_pred == c).any()]
+    return sum(recalls) / max(len(recalls), 1), float(kl.mean())
 
 
 def select(graphs: DenseGraphs, index: Tensor) -> DenseGraphs:
@@ -78,9 +131,12 @@ class GraphDistiller:
         self.teacher = copy.deepcopy(teacher).to(self.device).eval().requires_grad_(False)
         self.eval_batches = graph_batches(eval_graphs) if eval_graphs else []
         self.train_graphs = train_graphs
-        self.num_graphs = config.num_graphs or (len(train_graphs) if train_graphs else 0)
+        base = config.num_graphs or (len(train_graphs) if train_graphs else 0)
+        self.num_graphs = max(1, round(getattr(config, "graph_factor", 1.0) * base)) if base else 0
         torch.manual_seed(config.seed)
         self.student = self.build_student().to(self.device)
+        # the model that is evaluated, selected and saved: the weight average, or the student itself
+        self.ema_student = (copy.deepcopy(self.student).requires_grad_(False) if config.ema is not None else None)
         self.temperature = None
         self.iterations = config.iterations  # generation steps to run
         self.step = 0  # generation steps done
@@ -91,6 +147,12 @@ class GraphDistiller:
         self.history: list[tuple[int, float]] = []  # (epoch, test accuracy)
         self.exported: DenseGraphs | None = None  # fixed graphs the KD phase reads (GFKD, or ACGKD without resample)
         self.batch_generator = torch.Generator().manual_seed(config.seed + 2)
+        # label-free model selection: graphs the student never trains on, scored by agreement with the teacher
+        self.num_holdout = max(4, math.ceil(config.holdout * self.num_graphs)) if config.holdout > 0 else 0
+        self.selection_set: list | None = None  # DenseGraphs / PyG batches; set by finish_generation (or __init__)
+        self.selected: dict | None = None  # {"epoch", "agreement", "kl"} of the selected student
+        self.selected_state: dict | None = None  # its state_dict
+        self.num_classes = self.teacher.num_classes
 
     # -- to be defined by the methods -------------------------------------------------------------------------
     def build_student(self) -> nn.Module:
@@ -103,8 +165,8 @@ class GraphDistiller:
         pass
 
     def kd_batches(self) -> Iterator:
-        """Batches of the KD phase (default: the exported pseudo-graphs, reshuffled every epoch)."""
-        for index in self._shuffled(torch.arange(self.exported.mask.shape[0])):
+        """Batches of the KD phase (default: the exported pseudo-graphs but the held-out ones)."""
+        for index in self._shuffled(torch.arange(self.num_graphs)):
             yield select(self.exported, index)
 
     def kd_step(self, graphs) -> dict:
@@ -130,14 +192,32 @@ class GraphDistiller:
         epochs = self.config.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: max(0.0, 1 - e / epochs))
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation, selection and ``last_student.pt`` use: the weight average with ``ema``, else the student."""
+        return self.student if self.ema_student is None else self.ema_student
+
     def _update(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema_student is not None:
+            with torch.no_grad():
+                for avg, p in zip(self.ema_student.parameters(), self.student.parameters()):
+                    avg.lerp_(p, 1 - self.config.ema)
+                for avg, b in zip(self.ema_student.buffers(), self.student.buffers()):
+                    avg.copy_(b)  # BN statistics follow the student (and are re-estimated before evaluation)
 
     def _shuffled(self, pool: Tensor) -> list[Tensor]:
-        order = pool[torch.randperm(pool.numel(), generator=self.batch_generator)]
-        return list(order.to(self.device).split(self.config.batch_size))
+        """The KD batches of ``pool``: reshuffled every epoch unless ``fixed_order`` (GFKD's loader keeps one order);
+        ``ceil(len / batch_size)`` near-equal batches with ``even_batches`` (no tiny remainder batch), else batches of
+        ``batch_size`` and the remainder."""
+        cfg = self.config
+        order = pool if cfg.fixed_order else pool[torch.randperm(pool.numel(), generator=self.batch_generator)]
+        order = order.to(self.device)
+        if cfg.even_batches:
+            return list(order.tensor_split(math.ceil(order.numel() / cfg.batch_size)))
+        return list(order.split(cfg.batch_size))
 
     def kd_epoch(self) -> dict:
         self.student.train()
@@ -151,8 +231,64 @@ class GraphDistiller:
         return {k: float(v) / max(count, 1) for k, v in totals.items()}
 
     def evaluate(self) -> float | None:
-        """Student accuracy on the real test graphs (None without test graphs)."""
-        return accuracy(self.student, self.eval_batches, self.device) if self.eval_batches else None
+        """Student accuracy on the real test graphs (None without test graphs). Only the report reads the labels."""
+        return accuracy(self.eval_model, self.eval_batches, self.device) if self.eval_batches else None
+
+    def bn_graphs(self) -> Iterator:
+        """The graphs :meth:`recalibrate_bn` passes through the student (default: every exported KD graph)."""
+        yield select(self.exported, torch.arange(self.num_graphs, device=self.exported.mask.device))
+
+    @torch.no_grad()
+    def recalibrate_bn(self) -> None:
+        """Replace the student's BN running statistics by their exact averages over :meth:`bn_graphs` (one pass in
+        train mode, ``momentum=None``: a cumulative average); the weights are untouched."""
+        model = self.eval_model
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        was_training = model.training
+        model.train()
+        for graphs in self.bn_graphs():
+            model(graphs)
+        model.train(was_training)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+    def holdout_index(self) -> Tensor:
+        """The held-out pseudo-graphs: the last ``num_holdout`` of the ``num_graphs + num_holdout`` generated."""
+        return torch.arange(self.num_graphs, self.num_graphs + self.num_holdout)
+
+    def consider_for_selection(self) -> None:
+        """Keep the student if it agrees with the teacher on the held-out graphs at least as well as the kept one
+        (class-balanced agreement, then KL; a later epoch wins a tie). Reads no label of any graph."""
+        if not self.selection_set:
+            return
+        agreement, kl = agreement_score(self.eval_model, self.teacher, self.selection_set, self.num_classes)
+        if self.selected is None or (agreement, -kl) >= (self.selected["agreement"], -self.selected["kl"]):
+            self.selected = {"epoch": self.epoch, "agreement": agreement, "kl": kl}
+            self.selected_state = copy.deepcopy(self.eval_model.state_dict())
+
+    def selected_student(self) -> nn.Module:
+        """The label-free-selected student (the last one when nothing was scored); a copy."""
+        model = copy.deepcopy(self.eval_model)
+        if self.selected_state is not None:
+            model.load_state_dict(self.selected_state)
+        return model.eval()
+
+    def collapse_warnings(self) -> list[str]:
+        """One line per collapsed student (last, selected) on the evaluation graphs; printed by :meth:`fit`."""
+        lines = []
+        if self.eval_batches:
+            for what, model in (("last student", self.eval_model), ("selected student", self.selected_student())):
+                preds = predictions(model, self.eval_batches, self.device)
+                line = collapse_message(preds, self.num_classes, self.config.collapse_threshold, what)
+                if line:
+                    lines.append(line)
+        return lines
 
     def fit(self, run: RunDir | None = None, *, max_steps: int | None = None) -> dict:
         """Generation then KD, resumable; ``max_steps`` stops after that many steps of this call (for tests)."""
@@ -196,13 +332,20 @@ class GraphDistiller:
             bar.update()
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
                 check_finite(self.method, f"KD epoch {self.epoch}", metrics, self._weights(), KD_FLAGS)
+                if cfg.recalibrate_bn:
+                    self.recalibrate_bn()
+                self.consider_for_selection()  # before the evaluation, which alone reads test labels
                 acc = self.evaluate()
                 if acc is not None:
                     self.history.append((self.epoch, acc))
                     bar.set_postfix(acc=f"{acc:.3f}")
-                self._log(run, {"phase": "kd", "epoch": self.epoch, "test_acc": acc, **metrics})
+                selected = {f"selected_{k}": v for k, v in (self.selected or {}).items()}
+                self._log(run, {"phase": "kd", "epoch": self.epoch, "test_acc": acc, **metrics, **selected})
                 self._save(run)
         bar.close()
+        if self.epoch == cfg.epochs:
+            for line in self.collapse_warnings():
+                say(line, err=True)
         return self.summary()
 
     def _weights(self) -> dict:
@@ -211,9 +354,15 @@ class GraphDistiller:
                 "temperature": self.temperature}
 
     def summary(self) -> dict:
-        accs = [a for _, a in self.history]
+        """Timings and accuracies: ``last_acc`` (last epoch), ``selected_acc`` (the label-free-selected student,
+        ``selected_epoch``) and ``best_acc`` (best evaluated epoch: GFKD's optimistic protocol, reads test labels)."""
+        accs = dict(self.history)
+        # no selection set (holdout 0): the selected student is the last one
+        epoch = self.selected["epoch"] if self.selected else (self.history[-1][0] if self.history else None)
         return {"method": self.method, "generation_s": self.generation_s, "kd_s": self.kd_s,
-                "last_acc": accs[-1] if accs else None, "best_acc": max(accs) if accs else None,
+                "last_acc": self.history[-1][1] if accs else None, "best_acc": max(accs.values()) if accs else None,
+                "selected_acc": accs.get(epoch), "selected_epoch": epoch,
+                "selected_agreement": self.selected["agreement"] if self.selected else None,
                 "steps": self.step, "epochs": self.epoch}
 
     def _log(self, run: RunDir | None, record: dict) -> None:
@@ -233,7 +382,7 @@ class GraphDistiller:
             draw_graphs(select(graphs, torch.arange(count, device=graphs.mask.device)), path)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
-    STUDENT_KEYS = ("student", "optimizer", "scheduler", "temperature")
+    STUDENT_KEYS = ("student", "optimizer", "scheduler", "temperature", "selected", "selected_state", "ema_student")
 
     def load_generation(self, state: dict) -> None:
         """Take over another trainer's pseudo-graphs (its state_dict from before its KD phase) and keep this
@@ -251,8 +400,16 @@ class GraphDistiller:
             "student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "exported": tuple(self.exported) if self.exported is not None else None,  # weights_only-loadable
-            "batch_generator": self.batch_generator.get_state(),
+            "batch_generator": self.batch_generator.get_state(), "selected": self.selected,
+            "selected_state": self.selected_state, "selection_set": self._stored_selection_set(),
+            "ema_student": self.ema_student.state_dict() if self.ema_student is not None else None,
         }
+
+    def _stored_selection_set(self) -> list | None:
+        """The selection set as the checkpoint stores it (pseudo-graphs; real graphs are rebuilt instead)."""
+        if self.selection_set and isinstance(self.selection_set[0], DenseGraphs):
+            return [tuple(g) for g in self.selection_set]  # plain tuples: weights_only-loadable
+        return None
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.generation_done = state["step"], state["epoch"], state["generation_done"]
@@ -263,6 +420,11 @@ class GraphDistiller:
         self.scheduler.load_state_dict(state["scheduler"])
         self.exported = DenseGraphs(*state["exported"]) if state["exported"] is not None else None
         self.batch_generator.set_state(state["batch_generator"])
+        self.selected, self.selected_state = state["selected"], state["selected_state"]
+        if self.ema_student is not None:
+            self.ema_student.load_state_dict(state["ema_student"])
+        if state["selection_set"] is not None:
+            self.selection_set = [DenseGraphs(*g) for g in state["selection_set"]]
 
 
 class ACGKDTrainer(GraphDistiller):
@@ -277,10 +439,11 @@ class ACGKDTrainer(GraphDistiller):
         self._require_graph_count()
         cfg = config
         self.graphs = PseudoGraphs(
-            self.num_graphs, self.teacher.in_dim, self.teacher.num_classes, min_nodes=cfg.min_nodes,
-            max_nodes=cfg.max_nodes, tau=cfg.tau, xi=cfg.xi, edge_budget=cfg.edge_budget,
+            self.num_graphs + self.num_holdout, self.teacher.in_dim, self.teacher.num_classes,
+            min_nodes=cfg.min_nodes, max_nodes=cfg.max_nodes, tau=cfg.tau, xi=cfg.xi, edge_budget=cfg.edge_budget,
             init_density=cfg.init_density, symmetric=cfg.symmetric, straight_through=cfg.straight_through,
-            hard_features=cfg.hard_features, seed=cfg.seed, backend=self.backend).to(self.device)
+            hard_features=cfg.hard_features, degree_cap=cfg.degree_cap, connect_isolated=cfg.connect_isolated,
+            seed=cfg.seed, backend=self.backend).to(self.device)
         self.generator_optimizer = torch.optim.Adam([
             {"params": [self.graphs.edge_logits], "lr": cfg.lr_structure},
             {"params": [self.graphs.feature_logits], "lr": cfg.lr_features}])
@@ -323,13 +486,23 @@ class ACGKDTrainer(GraphDistiller):
         cfg = self.config
         self.bn_loss.remove()  # the KD phase needs no statistics
         self.curriculum = Curriculum.build(cfg.curriculum, self.graphs, self.teacher, cfg.epochs,
-                                           cfg.curriculum_start, cfg.curriculum_ramp)
+                                           cfg.curriculum_start, cfg.curriculum_ramp, count=self.num_graphs,
+                                           balanced=cfg.balanced_curriculum)
         if not cfg.resample:
             self.exported = self.graphs.hard_sample()
+        if self.num_holdout:  # one fixed draw of the held-out graphs, as a student would see them
+            held_out = self.holdout_index().to(self.device)
+            self.selection_set = [self.graphs.hard_sample(held_out) if self.exported is None
+                                  else select(self.exported, held_out)]
 
     def kd_batches(self) -> Iterator[DenseGraphs]:
         for index in self._shuffled(self.curriculum.pool(self.epoch)):
             yield self.graphs.hard_sample(index) if self.exported is None else select(self.exported, index)
+
+    def bn_graphs(self) -> Iterator[DenseGraphs]:
+        """All the KD pseudo-graphs, one fresh draw (or the fixed one without ``resample``)."""
+        index = torch.arange(self.num_graphs, device=self.device)
+        yield self.graphs.hard_sample(index) if self.exported is None else select(self.exported, index)
 
     def kd_step(self, graphs: DenseGraphs) -> dict:
         """``w_feat * MSE(projected student feature, teacher feature) + w_kd * KD(tau_adv)``."""
@@ -338,7 +511,7 @@ class ACGKDTrainer(GraphDistiller):
             teacher_feature, teacher_logits = self.teacher.features(graphs)
         if isinstance(self.student, ProjectedStudent):
             student_feature, student_logits = self.student.features(graphs)
-            feat = losses.feature_loss(student_feature, teacher_feature)
+            feat = losses.feature_loss(student_feature, teacher_feature, cfg.feature_loss, graphs.mask.sum(1))
         else:
             student_logits, feat = self.student(graphs), torch.zeros((), device=self.device)
         if self.temperature is not None:
@@ -374,11 +547,3 @@ class ACGKDTrainer(GraphDistiller):
         self.curriculum = Curriculum.from_state(state["curriculum"]) if state["curriculum"] else None
         if self.generation_done:
             self.bn_loss.remove()
-
-
-def make_trainer(config: DistillConfig, teacher: GNN, **kwargs) -> GraphDistiller:
-    """The trainer of ``config.method``: ACGKD, the GFKD baseline, or KD with the real training graphs."""
-    from dfkd_fast.acgkd.gfkd import GFKDTrainer, RealKDTrainer
-
-    cls = {"acgkd": ACGKDTrainer, "gfkd": GFKDTrainer, "real": RealKDTrainer}[config.method]
-    return cls(config, teacher, **kwargs)

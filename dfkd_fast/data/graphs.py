@@ -86,6 +86,29 @@ def load_tu(root: str | Path, name: str, *, self_loops: bool = True) -> GraphDat
     return GraphDataset(name, graphs, num_features, int(labels.max()) + 1)
 
 
+def gfkd_orders(root: str | Path, name: str) -> tuple[list[int], list[int]]:
+    """(feature_order, class_order): the dfkd_fast index of GFKD's ``g``-th node label and class.
+
+    GFKD (DGL's ``GINDataset`` on the powerful-gnns files, which list the TU graphs in the same order) numbers node
+    labels and classes by first appearance; :func:`load_tu` numbers them in sorted order. Both orders are read from
+    the TU files here (``<NAME>_node_labels.txt`` in node order, ``<NAME>_graph_labels.txt`` in graph order). A
+    dataset without node labels (IMDB-BINARY: degree features) has no such order: a one-line DfkdError.
+    """
+    raw = Path(root) / name / "raw"
+    files = [raw / f"{name}_{part}.txt" for part in ("node_labels", "graph_labels")]
+    missing = [p.name for p in files if not p.is_file()]
+    if missing:
+        raise DfkdError(f"--data-root {root}: cannot map GFKD's label order for {name}: missing {', '.join(missing)} "
+                        f"in {raw} (datasets without node labels are not supported)")
+
+    def order(values: np.ndarray) -> list[int]:
+        first = list(dict.fromkeys(values.tolist()))  # first appearance
+        ranks = {v: i for i, v in enumerate(sorted(first))}
+        return [ranks[v] for v in first]
+
+    return order(_read_ints(files[0])), order(_read_ints(files[1]))
+
+
 def make_graph(x: torch.Tensor, edge_index: torch.Tensor, label: int, *, self_loops: bool = True):
     """A PyG ``Data`` with duplicate edges and existing self-loops removed, then one self-loop per node if asked."""
     from torch_geometric.data import Data

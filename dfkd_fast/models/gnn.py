@@ -2,8 +2,10 @@
 
 "GCN-5-64" is GFKD's naming: ``L - 1 = 4`` message-passing layers of width ``H = 64``, each followed by BatchNorm and
 ReLU, a residual from the second layer on, a sum readout of the last layer, a ``Linear(H, classes)`` and Dropout(0.5)
-on the logits (GFKD ``model/GCN/gcn_all.py``, ``model/GIN/gin_all_fast.py``). Parameter names match GFKD's, so its
-released checkpoints load (modulo DGL-only keys).
+on the logits (GFKD ``model/GCN/gcn_all.py``, ``model/GIN/gin_all_fast.py``). Parameter names and layouts match
+GFKD's (DGL ``GraphConv`` weights are ``[in, out]`` here too), so a GFKD checkpoint loads with
+:func:`load_gfkd_checkpoint`, which also maps GFKD's class and node-label numbering (first appearance in the dataset
+files) to dfkd_fast's sorted one (``dfkd-fast teacher --task graph --import gfkd CKPT --dataset NAME``).
 
 Both inputs run through the same code on a flat tensor of *valid* nodes:
 
@@ -274,3 +276,91 @@ def to_dense(graphs, max_nodes: int | None = None) -> DenseGraphs:
     adj = to_dense_adj(graphs.edge_index, graphs.batch, getattr(graphs, "edge_weight", None),
                        max_num_nodes=x.shape[1])
     return DenseGraphs(x, adj, mask)
+
+
+def _gfkd_spec(state: dict) -> tuple[str, int, int, int, int]:
+    """(kind, num_layers, in_dim, hidden, num_classes) of a GFKD GCN/GIN state_dict, read off its tensors."""
+    if "gcnlayers.0.weight" in state:
+        kind, first = "gcn", state["gcnlayers.0.weight"]
+        in_dim, hidden = first.shape
+        convs = len({k.split(".")[1] for k in state if k.startswith("gcnlayers.")})
+    elif "ginlayers.0.apply_func.mlp.linears.0.weight" in state:
+        kind, first = "gin", state["ginlayers.0.apply_func.mlp.linears.0.weight"]
+        hidden, in_dim = first.shape
+        convs = len({k.split(".")[1] for k in state if k.startswith("ginlayers.")})
+    else:
+        raise DfkdError("not a GFKD GCN/GIN checkpoint: no gcnlayers.0.weight or "
+                        "ginlayers.0.apply_func.mlp.linears.0.weight")
+    if "linears_prediction.weight" not in state:
+        raise DfkdError("not a GFKD GCN/GIN checkpoint: no linears_prediction.weight")
+    return kind, convs + 1, int(in_dim), int(hidden), int(state["linears_prediction.weight"].shape[0])
+
+
+def load_gfkd_checkpoint(source, feature_order=None, class_order=None) -> GNN:
+    """A GFKD GCN-L-H / GIN-L-H checkpoint (a path or a loaded object) as a dfkd_fast :class:`GNN` in eval mode.
+
+    GFKD (DGL's ``GINDataset``) numbers a dataset's node labels and classes by first appearance in its files;
+    dfkd_fast numbers them in sorted order. ``feature_order[g]`` / ``class_order[g]`` is the dfkd_fast index of GFKD's
+    ``g``-th node label / class (:func:`dfkd_fast.data.graphs.gfkd_orders` reads both from the TU files); None keeps
+    GFKD's numbering. The first layer's input rows and the classifier's rows are permuted accordingly, so the model
+    gives the same prediction for the same graph. The file is read with ``weights_only=True`` (nothing is unpickled
+    but tensors and plain containers); the layout is inferred from the keys (``gcnlayers.i.weight`` ``[in, out]``,
+    ``norms.i.*``, ``linears_prediction.*``; or ``ginlayers.i.apply_func...``), a raw state_dict or one under
+    ``model_state_dict`` / ``state_dict`` / ``model``. Any mismatch is a one-line :class:`DfkdError`.
+    """
+    from dfkd_fast.models import extract_state_dict
+
+    name = str(source) if not isinstance(source, dict) else "state"
+    if not isinstance(source, dict):
+        try:
+            source = torch.load(source, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DfkdError(f"GFKD checkpoint not found: {name}") from None
+        except Exception as exc:
+            raise DfkdError(f"GFKD checkpoint {name} is not a plain tensor checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    for key in ("model_state_dict", "model"):
+        if isinstance(source, dict) and isinstance(source.get(key), dict):
+            source = source[key]
+    state = extract_state_dict(source, f"GFKD checkpoint {name}")
+    try:
+        kind, layers, in_dim, hidden, num_classes = _gfkd_spec(state)
+    except DfkdError as exc:
+        raise DfkdError(f"GFKD checkpoint {name}: {exc}") from None
+    state = {k: v.clone() for k, v in state.items()}
+    first = "gcnlayers.0.weight" if kind == "gcn" else "ginlayers.0.apply_func.mlp.linears.0.weight"
+    for order, size, what in ((feature_order, in_dim, "feature_order"), (class_order, num_classes, "class_order")):
+        if order is not None and sorted(int(i) for i in order) != list(range(size)):
+            raise DfkdError(f"load_gfkd_checkpoint: argument '{what}' must be a permutation of 0..{size - 1} (the "
+                            f"checkpoint's {'node features' if what == 'feature_order' else 'classes'}), got "
+                            f"{list(order)}")
+    if feature_order is not None:
+        index = torch.as_tensor(list(feature_order), dtype=torch.long)
+        w = state[first]
+        dim = 0 if kind == "gcn" else 1  # GraphConv: [in, out]; nn.Linear: [out, in]
+        permuted = torch.empty_like(w)
+        permuted.index_copy_(dim, index, w)
+        state[first] = permuted
+    if class_order is not None:
+        index = torch.as_tensor(list(class_order), dtype=torch.long)
+        for key in ("linears_prediction.weight", "linears_prediction.bias"):
+            state[key] = torch.empty_like(state[key]).index_copy_(0, index, state[key])
+    model = GNN(kind, layers, in_dim, hidden, num_classes)
+    _load_strict(model, state, name)
+    return model.eval()
+
+
+def _load_strict(model: nn.Module, state: dict, name: str) -> None:
+    own = model.state_dict()
+    for k in own:  # BN counters (and GIN's fixed eps) may be absent from old or DGL checkpoints
+        if (k.endswith("num_batches_tracked") or k.endswith(".eps")) and k not in state:
+            state[k] = own[k]
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:
+        raise DfkdError(f"GFKD checkpoint {name} does not fit {model.spec}: missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}")
+    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise DfkdError(f"GFKD checkpoint {name}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, {model.spec} "
+                        f"needs {tuple(own[bad[0]].shape)}")
+    model.load_state_dict(state)
