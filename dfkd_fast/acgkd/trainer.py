@@ -36,7 +36,7 @@ GENERATION_FLAGS = {"loss": "--lr-structure / --lr-features", "ce": "--w-ce", "b
                     "entropy": "--w-entropy", "tau": "--tau / --tau-end", "temperature": "--t-min / --t-range",
                     "pseudo-graph": "--lr-structure / --lr-features"}
 KD_FLAGS = {"loss": "--lr / --w-feat / --w-kd", "kd": "--w-kd", "feature": "--w-feat",
-            "temperature": "--t-min / --t-range", "student": "--lr"}
+            "temperature": "--t-min / --t-range", "student": "--lr", "selected_kl": "--lr / --t-min / --t-range"}
 
 
 def graph_batches(graphs: list, batch_size: int = 256) -> list:
@@ -335,6 +335,9 @@ class GraphDistiller:
                 if cfg.recalibrate_bn:
                     self.recalibrate_bn()
                 self.consider_for_selection()  # before the evaluation, which alone reads test labels
+                if self.selected is not None:  # the held-out agreement of a diverged (e.g. overflowing) student
+                    check_finite(self.method, f"KD epoch {self.epoch}", {"selected_kl": self.selected["kl"]},
+                                 {"student": self.eval_model}, KD_FLAGS)
                 acc = self.evaluate()
                 if acc is not None:
                     self.history.append((self.epoch, acc))
