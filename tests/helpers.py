@@ -30,3 +30,17 @@ def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "transposed":  # spatial dims that do not flatten to one stride
         return x.transpose(-1, -2).contiguous().transpose(-1, -2)
     return x
+
+
+def one_line(capsys, argv: list[str], *fragments: str) -> str:
+    """Run the CLI on ``argv``: it must fail with exit 2 and a one-line ``dfkd-fast: error:`` holding every fragment
+    (warnings, a collapsed tiny student's say, may precede it)."""
+    from dfkd_fast.cli import main
+
+    assert main(argv) == 2
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
+                    if not line.startswith("dfkd-fast: warning:"))
+    assert err.startswith("dfkd-fast: error:") and "\n" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err

@@ -14,6 +14,7 @@ import torch
 
 import dfkd_fast.runs as runs
 from dfkd_fast.cli import main
+from helpers import one_line
 from dfkd_fast.cpsc.config import CPSCConfig, student_lr
 from dfkd_fast.cpsc.teacher import checkpoint_record
 from dfkd_fast.data.images import dataset_info
@@ -47,17 +48,6 @@ def graph_teacher(tmp_path_factory):
 def cpsc(out, ckpt, *extra):
     return ["cpsc", "--teacher-arch", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits", "--teacher",
             ckpt, "--out", str(out), *TINY, *extra]
-
-
-def one_line(capsys, argv, *fragments):
-    assert main(argv) == 2
-    # warnings (a collapsed tiny student, say) may precede it; the error itself is one line
-    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
-                    if not line.startswith("dfkd-fast: warning:"))
-    assert err.startswith("dfkd-fast: error:") and "\n" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 # ------------------------------------------------------------------------------------------------ item 3: lock

@@ -20,6 +20,7 @@ import torch
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.teacher import load_model, load_teacher
 from dfkd_fast.cli import main
+from helpers import one_line
 from dfkd_fast.cpsc.config import CPSCConfig
 from dfkd_fast.cpsc.teacher import checkpoint_record, load_classifier
 from dfkd_fast.data.images import dataset_info
@@ -144,17 +145,6 @@ def test_run_checkpoints_hold_only_tensors_and_plain_data(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     got = (random.random(), np.random.randn(), torch.rand(2))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
-
-
-def one_line(capsys, argv, *fragments):
-    assert main(argv) == 2
-    # warnings (a collapsed tiny student, say) may precede it; the error itself is one line
-    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
-                    if not line.startswith("dfkd-fast: warning:"))
-    assert err.startswith("dfkd-fast: error:") and "\n" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def strict_json_lines(path):
