@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from dfkd_fast.reference._common import compute_dtype, reduce_dims
+from dfkd_fast.reference._common import batch_var_mean, compute_dtype, reduce_dims
 
 
 @torch.library.custom_op("dfkd_fast::update_running_stats", mutates_args=("running_mean", "running_var"))
@@ -56,7 +56,7 @@ def class_conditional_batch_norm_reference(
     xa = x.to(acc)
     dims = reduce_dims(x)
     if training or running_mean is None or running_var is None:
-        var, mean = torch.var_mean(xa, dim=dims, correction=0)
+        var, mean = batch_var_mean(xa, dims)
         if training and (running_mean is not None or running_var is not None):
             count = x.numel() // x.shape[1]
             update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
