@@ -233,7 +233,7 @@ def divergence_guard(command: str, where: str, modules: Mapping[str, Any], flags
     the next step's checks) into the guard's one-line DivergenceError."""
     try:
         yield
-    except ValueError as exc:
+    except ValueError:
         check_finite(command, where, None, modules, flags, default_flags)
         raise
 

@@ -53,3 +53,28 @@ def tiny_demos(monkeypatch):
     train = image_demo.train_classifier
     monkeypatch.setattr(image_demo, "train_classifier", lambda *a, **k: train(*a, **{**k, "epochs": 1}))
     return graph_demo
+
+
+@pytest.fixture
+def image_teacher(tmp_path) -> str:
+    """An (untrained) small_cnn_half checkpoint for the 8x8 digits: the teacher the CLI run tests distil from."""
+    from dfkd_fast.cpsc.teacher import checkpoint_record
+    from dfkd_fast.data.images import dataset_info
+    from dfkd_fast.models import build_model
+
+    data = dataset_info("digits")
+    path = tmp_path / "image_teacher.pt"
+    torch.save(checkpoint_record(build_model("small_cnn_half", 10, in_channels=1), "small_cnn_half", data,
+                                 (data.mean, data.std), None), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def graph_teacher(tmp_path_factory) -> str:
+    """A gcn-3-16 teacher trained for 2 epochs on the embedded motif graphs (one per test module)."""
+    from dfkd_fast.cli import main
+
+    out = tmp_path_factory.mktemp("graph_teacher")
+    assert main(["teacher", "--task", "graph", "--dataset", "motifs", "--model", "gcn-3-16", "--epochs", "2",
+                 "--out", str(out)]) == 0
+    return str(out / "teacher.pt")

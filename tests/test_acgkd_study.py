@@ -1,17 +1,9 @@
 """Smoke test of examples/acgkd_tu.py: tiny budgets on MUTAG, per-cell cache, resume, tables from the cache."""
 
-import importlib.util
 import json
 import os
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_example
 
 
 def test_study_smoke_caches_resumes_and_writes_the_tables(shared_data, tmp_path, capsys):

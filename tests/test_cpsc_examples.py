@@ -1,20 +1,11 @@
 """Smoke test of the CIFAR-10 example: the pretrained ResNet-56 teacher from ../shared/data distilled into a
 ResNet-20 for a few CPU steps, evaluated on a strided subset of the real test batch."""
 
-import importlib.util
 import json
-import os
 
 import torch
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_example
 
 
 def test_cifar10_example_smoke(shared_data, tmp_path, capsys):

@@ -13,14 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import dfkd_fast
 from dfkd_fast.cli import main
-from dfkd_fast.cpsc.teacher import checkpoint_record
-from dfkd_fast.data.images import dataset_info
-from dfkd_fast.models import build_model
 
 ROOT = str(Path(dfkd_fast.__file__).resolve().parent.parent)
 TIMING = {"epoch_s", "images_per_s", "generation_s", "kd_s"}
@@ -56,15 +52,6 @@ def assert_same_run(run: Path, reference: Path, models: list[str]) -> None:
     assert records(run / "metrics.jsonl") == records(reference / "metrics.jsonl")
     leftovers = [p.name for p in run.rglob("*") if p.name.endswith(".tmp") or p.name == "run.lock"]
     assert not leftovers, leftovers
-
-
-@pytest.fixture
-def image_teacher(tmp_path):
-    data = dataset_info("digits")
-    path = tmp_path / "teacher.pt"
-    torch.save(checkpoint_record(build_model("small_cnn_half", 10, in_channels=1), "small_cnn_half", data,
-                                 (data.mean, data.std), None), path)
-    return str(path)
 
 
 def test_cpsc_survives_sigkill_anywhere(tmp_path, image_teacher):

@@ -14,13 +14,14 @@ import torch
 
 import dfkd_fast.runs as runs
 from dfkd_fast.cli import main
-from helpers import one_line
 from dfkd_fast.cpsc.config import CPSCConfig, student_lr
 from dfkd_fast.cpsc.teacher import checkpoint_record
 from dfkd_fast.data.images import dataset_info
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.models import build_model
 from dfkd_fast.runs import RunDir, atomic_save
+
+from helpers import one_line
 
 DIGITS = dataset_info("digits")
 TINY = ["--batch_size", "8", "--nz", "8", "--ngf", "4", "--epochs", "2", "--epoch_itrs", "1", "--G_steps", "1",
@@ -29,29 +30,13 @@ GRAPH_TINY = ["--num-graphs", "8", "--min-nodes", "4", "--max-nodes", "8", "--it
               "--checkpoint-every", "2", "--eval-every", "1", "--pictures", "0"]
 
 
-@pytest.fixture
-def teacher_ckpt(tmp_path):
-    path = tmp_path / "teacher.pt"
-    torch.save(checkpoint_record(build_model("small_cnn_half", 10, in_channels=1), "small_cnn_half", DIGITS,
-                                 (DIGITS.mean, DIGITS.std), None), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def graph_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("graph_teacher")
-    assert main(["teacher", "--task", "graph", "--dataset", "motifs", "--model", "gcn-3-16", "--epochs", "2",
-                 "--out", str(out)]) == 0
-    return str(out / "teacher.pt")
-
-
 def cpsc(out, ckpt, *extra):
     return ["cpsc", "--teacher-arch", "small_cnn_half", "--student", "small_cnn_half", "--dataset", "digits", "--teacher",
             ckpt, "--out", str(out), *TINY, *extra]
 
 
 # ------------------------------------------------------------------------------------------------ item 3: lock
-def test_a_live_run_locks_its_directory(tmp_path, teacher_ckpt, capsys):
+def test_a_live_run_locks_its_directory(tmp_path, image_teacher, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dfkd_fast.runs import RunDir; "
                                f"RunDir({str(out)!r}); print('locked', flush=True); time.sleep(60)"],
@@ -60,7 +45,7 @@ def test_a_live_run_locks_its_directory(tmp_path, teacher_ckpt, capsys):
     try:
         assert holder.stdout.readline().strip() == "locked"
         (out / "config.json").write_text("{}")
-        one_line(capsys, cpsc(out, teacher_ckpt), "in use by a live run", f"process {holder.pid}")
+        one_line(capsys, cpsc(out, image_teacher), "in use by a live run", f"process {holder.pid}")
         one_line(capsys, ["cpsc", "--out", str(out), "--resume"], "in use by a live run")
         with pytest.raises(DfkdError, match="in use"):
             RunDir(out)
@@ -97,9 +82,9 @@ def test_without_flock_the_lock_falls_back_to_the_pid(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------- item 4: crash before the first checkpoint
-def test_a_run_without_checkpoint_restarts_cleanly(tmp_path, teacher_ckpt):
+def test_a_run_without_checkpoint_restarts_cleanly(tmp_path, image_teacher):
     full, out = tmp_path / "full", tmp_path / "run"
-    assert main(cpsc(full, teacher_ckpt)) == 0
+    assert main(cpsc(full, image_teacher)) == 0
     # what a crash before the first checkpoint leaves: config.json and a record with a torn line after it
     out.mkdir()
     (out / "config.json").write_text((full / "config.json").read_text().replace(str(full), str(out)))
@@ -109,7 +94,7 @@ def test_a_run_without_checkpoint_restarts_cleanly(tmp_path, teacher_ckpt):
     assert (out / "metrics.jsonl").read_text().count('"epoch": 0') == 1
     (out / "checkpoint.pt").unlink()
     (out / "metrics.jsonl").write_text('{"epoch": 0, "teacher_acc": 0.1}\n')
-    assert main(cpsc(out, teacher_ckpt)) == 0  # the same command again: records are not appended to
+    assert main(cpsc(out, image_teacher)) == 0  # the same command again: records are not appended to
     strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in ("epoch_s", "images_per_s")}  # noqa
                           for line in path.read_text().splitlines()]
     assert strip(out / "metrics.jsonl") == strip(full / "metrics.jsonl")
@@ -154,12 +139,12 @@ def test_files_follow_the_umask(tmp_path, umask):
 
 
 # ----------------------------------------------------------------------------------- items 6, 7, 14: messages
-def test_bad_run_directories_and_checkpoints_are_one_line(tmp_path, teacher_ckpt, graph_teacher, capsys):
+def test_bad_run_directories_and_checkpoints_are_one_line(tmp_path, image_teacher, graph_teacher, capsys):
     (tmp_path / "file").write_text("")
-    one_line(capsys, cpsc(tmp_path / "file", teacher_ckpt), "is a file, not a directory")
-    one_line(capsys, cpsc(tmp_path / "file" / "sub", teacher_ckpt), "is a file, not a directory")
-    one_line(capsys, cpsc(tmp_path / ("x" * 300), teacher_ckpt), "File name too long")
-    one_line(capsys, cpsc(tmp_path / "m", teacher_ckpt, "--device", "meta"), "--device meta")
+    one_line(capsys, cpsc(tmp_path / "file", image_teacher), "is a file, not a directory")
+    one_line(capsys, cpsc(tmp_path / "file" / "sub", image_teacher), "is a file, not a directory")
+    one_line(capsys, cpsc(tmp_path / ("x" * 300), image_teacher), "File name too long")
+    one_line(capsys, cpsc(tmp_path / "m", image_teacher, "--device", "meta"), "--device meta")
     # an ACGKD run resumed as CPSC, a checkpoint without RNG state, a config.json without its keys
     acgkd = tmp_path / "acgkd"
     assert main(["acgkd", "--teacher", graph_teacher, "--out", str(acgkd), *GRAPH_TINY]) == 0
@@ -177,20 +162,20 @@ def test_bad_run_directories_and_checkpoints_are_one_line(tmp_path, teacher_ckpt
     one_line(capsys, ["acgkd", "--out", str(acgkd), "--resume"], "lacks cli")
 
 
-def test_unwritable_out_is_one_line(tmp_path, teacher_ckpt, monkeypatch, capsys):
+def test_unwritable_out_is_one_line(tmp_path, image_teacher, monkeypatch, capsys):
     # (the tests may run as root, for whom chmod does not make a folder read-only: simulate what the OS says)
     def denied(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
 
     monkeypatch.setattr(type(tmp_path), "mkdir", denied)
-    one_line(capsys, cpsc(tmp_path / "ro" / "run", teacher_ckpt), "cannot create the run directory",
+    one_line(capsys, cpsc(tmp_path / "ro" / "run", image_teacher), "cannot create the run directory",
              "Permission denied")
 
 
-def test_bad_training_options_are_one_line(tmp_path, teacher_ckpt, capsys):
+def test_bad_training_options_are_one_line(tmp_path, image_teacher, capsys):
     for limit in ("0", "-3"):
-        one_line(capsys, cpsc(tmp_path / "c", teacher_ckpt, "--eval_limit", limit), "--eval_limit must be >= 1")
-    one_line(capsys, ["eval", "--ckpt", teacher_ckpt, "--dataset", "digits", "--limit", "0"], "must hold >= 1")
+        one_line(capsys, cpsc(tmp_path / "c", image_teacher, "--eval_limit", limit), "--eval_limit must be >= 1")
+    one_line(capsys, ["eval", "--ckpt", image_teacher, "--dataset", "digits", "--limit", "0"], "must hold >= 1")
     image = ["teacher", "--task", "image", "--model", "small_cnn_half", "--dataset", "digits", "--out",
              str(tmp_path / "t")]
     for epochs in ("0", "-1"):
@@ -218,9 +203,9 @@ def test_misleading_model_messages(tmp_path, graph_teacher, capsys):
 
 
 # ------------------------------------------------------------------ issue 14 item 7: --resume with other flags
-def test_resume_extends_a_finished_run_or_refuses(tmp_path, teacher_ckpt, capsys):
+def test_resume_extends_a_finished_run_or_refuses(tmp_path, image_teacher, capsys):
     out = tmp_path / "run"
-    assert main(cpsc(out, teacher_ckpt)) == 0
+    assert main(cpsc(out, image_teacher)) == 0
     one_line(capsys, ["cpsc", "--out", str(out), "--resume", "--lr_S", "0.5"], "--lr_S 0.5 differs", "0.1")
     one_line(capsys, ["cpsc", "--out", str(out), "--resume", "--epochs", "1"], "cannot be shortened")
     assert main(["cpsc", "--out", str(out), "--resume", "--epochs", "2", "--device", "cpu"]) == 0  # same: a no-op
@@ -263,9 +248,9 @@ def test_graph_runs_extend_too(tmp_path, graph_teacher, capsys):
 
 
 # -------------------------------------------------------------------------- issue 14: what a run directory holds
-def test_run_directory_holds_log_curves_and_world_size(tmp_path, teacher_ckpt, capsys):
+def test_run_directory_holds_log_curves_and_world_size(tmp_path, image_teacher, capsys):
     out = tmp_path / "run"
-    assert main(cpsc(out, teacher_ckpt)) == 0
+    assert main(cpsc(out, image_teacher)) == 0
     log = (out / "log.txt").read_text()
     assert "epoch 2/2" in log and "run directory" in log
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -273,7 +258,7 @@ def test_run_directory_holds_log_curves_and_world_size(tmp_path, teacher_ckpt, c
     assert config["world_size"] == 1 and config["global_batch"] == 8 and config["command"] == "cpsc"
     (out / "config.json").write_text(json.dumps({**config, "world_size": 2}))
     one_line(capsys, ["cpsc", "--out", str(out), "--resume"], "was run by 2 processes")
-    one_line(capsys, cpsc(out, teacher_ckpt), "already holds a run")
+    one_line(capsys, cpsc(out, image_teacher), "already holds a run")
 
 
 def test_a_failed_command_leaves_no_folder(tmp_path, capsys):

@@ -20,13 +20,14 @@ import torch
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.teacher import load_model, load_teacher
 from dfkd_fast.cli import main
-from helpers import one_line
 from dfkd_fast.cpsc.config import CPSCConfig
-from dfkd_fast.cpsc.teacher import checkpoint_record, load_classifier
+from dfkd_fast.cpsc.teacher import load_classifier
 from dfkd_fast.data.images import dataset_info
 from dfkd_fast.errors import DfkdError, DivergenceError
 from dfkd_fast.models import build_model, load_weights
 from dfkd_fast.runs import RunDir, load_checkpoint, rng_state, set_rng_state
+
+from helpers import one_line
 
 DIGITS = dataset_info("digits")
 GRAPH_TINY = ["--num-graphs", "8", "--min-nodes", "4", "--max-nodes", "8", "--iterations", "3", "--epochs", "2",
@@ -57,22 +58,6 @@ def hostile(request, tmp_path):
     else:
         path.write_bytes(pickle.dumps(obj, protocol=2))
     return path, marker
-
-
-@pytest.fixture(scope="module")
-def graph_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("graph_teacher")
-    assert main(["teacher", "--task", "graph", "--dataset", "motifs", "--model", "gcn-3-16", "--epochs", "2",
-                 "--out", str(out)]) == 0
-    return str(out / "teacher.pt")
-
-
-@pytest.fixture
-def image_teacher(tmp_path):
-    path = tmp_path / "image_teacher.pt"
-    torch.save(checkpoint_record(build_model("small_cnn_half", 10, in_channels=1), "small_cnn_half", DIGITS,
-                                 (DIGITS.mean, DIGITS.std), None), path)
-    return str(path)
 
 
 def refused(capsys, argv, marker):
