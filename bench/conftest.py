@@ -101,6 +101,12 @@ def pytest_report_header(config):
 
 
 _compiled: dict[Callable, Callable] = {}
+# The bwd mode re-runs one retained backward, which a compiled backward with donated buffers refuses (whether it
+# donates depends on what compiled first in the worker, so the failure came and went with the test order).
+import torch._functorch.config as _functorch_config  # noqa: E402
+
+if hasattr(_functorch_config, "donated_buffer"):
+    _functorch_config.donated_buffer = False
 
 
 def provider_fn(provider: str, fused: Callable, reference: Callable) -> Callable:
