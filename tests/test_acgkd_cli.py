@@ -91,6 +91,9 @@ def test_budget_larger_than_the_node_pairs(teacher_path, tmp_path, capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["--method", "gfkd", "--xi", "0.2"], "no option --xi"),
     (["--xi", "1.5"], "--xi must be in (0, 1]"),
+    (["--mean-degree", "0"], "--mean-degree must be > 0"),
+    (["--selection-start", "1"], "--selection-start must be in [0, 1)"),
+    (["--selection-draws", "0"], "--selection-draws must be >= 1"),
     (["--student", "mlp-2-3"], "gcn-L-H"),
     (["--teacher", "/nonexistent/teacher.pt"], "checkpoint not found"),
 ])

@@ -20,15 +20,20 @@ def off_diagonal_edges(adj, mask):
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("budget", [{"xi": 0.1}, {"xi": 0.5}, {"edge_budget": 7}])
+@pytest.mark.parametrize("budget", [{"xi": 0.1}, {"xi": 0.5}, {"edge_budget": 7}, {"mean_degree": 2.0},
+                                    {"mean_degree": 3.0, "xi": 0.1}, {"mean_degree": 2.0, "edge_budget": 7}])
 @pytest.mark.parametrize("straight_through", [True, False])
 def test_budget_bounds_the_edges_of_every_pseudo_graph(symmetric, budget, straight_through):
     graphs = PseudoGraphs(40, 4, 3, min_nodes=5, max_nodes=23, init_density=0.9, symmetric=symmetric,
                           straight_through=straight_through, seed=3, **{"xi": None, **budget})
     n = graphs.num_nodes
     pairs = n * (n - 1) // (2 if symmetric else 1)
-    limit = torch.full_like(n, budget["edge_budget"]) if "edge_budget" in budget else (
-        torch.floor(budget["xi"] * pairs.double()).long())
+    if "edge_budget" in budget:  # the precedence: an edge count, else xi, else the mean degree
+        limit = torch.full_like(n, budget["edge_budget"])
+    elif "xi" in budget:
+        limit = torch.floor(budget["xi"] * pairs.double()).long()
+    else:  # mean_degree * n / 2 edges; a directed graph's mean out-degree is the mean degree
+        limit = torch.floor(budget["mean_degree"] * n.double() / (2 if symmetric else 1)).long()
     for draw in (graphs.sample(tau=0.5), graphs.hard_sample()):
         per_graph, outside = off_diagonal_edges(draw.adj.detach(), draw.mask)
         entries = per_graph // 2 if symmetric else per_graph

@@ -37,3 +37,37 @@ def test_quick_run_refuses_the_committed_results(shared_data):
 
     with pytest.raises(SystemExit):
         load_example("acgkd_tu").main(["--data-root", shared_data, "--quick"])
+
+
+def test_teachers_are_chosen_by_training_accuracy_only(shared_data, tmp_path, capsys):
+    """The study's teacher seeds follow from the recorded training accuracies (no test label), and
+    --choose-teachers prints the rule's choice from freshly trained candidates."""
+    study = load_example("acgkd_tu")
+    for name, settings in study.SETTINGS.items():
+        accs = study.TEACHER_TRAIN_ACC[name]
+        assert settings["teacher_seed"] == max(study.TEACHER_SEEDS, key=lambda s: (accs[s], -s)), name
+    argv = ["--data-root", os.path.join(shared_data, "TU"), "--datasets", "MUTAG", "--quick", "--choose-teachers",
+            "--cache", str(tmp_path / "c"), "--table", str(tmp_path / "t.md"), "--readme", "none"]
+    assert study.main(argv) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    accs = [float(a) for a in line.split("]: ")[1].split(" %")[0].split(" / ")]
+    assert len(accs) == 5 and line.endswith(f"teacher seed {max(range(5), key=lambda s: (accs[s], -s))}")
+
+
+def test_set_runs_an_ablation_apart_from_the_study(shared_data, tmp_path):
+    study = load_example("acgkd_tu")
+    argv = ["--data-root", os.path.join(shared_data, "TU"), "--datasets", "MUTAG", "--students", "gin-3-32",
+            "--methods", "acgkd", "--seeds", "1", "--quick", "--set", "xi=0.1", "curriculum=size",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--table", str(tmp_path / "t.md"),
+            "--readme", "none"]
+    assert study.main(argv) == 0
+    cell = json.loads((tmp_path / "cache" / "MUTAG" / "acgkd-gin-3-32-seed0.json").read_text())
+    assert cell["options"]["xi"] == 0.1 and cell["options"]["curriculum"] == "size"
+    assert (tmp_path / "out" / "MUTAG" / "generation-acgkd-seed0-curriculum=size-xi=0.1.pt").is_file()
+
+
+def test_set_refuses_the_committed_results(shared_data):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        load_example("acgkd_tu").main(["--data-root", shared_data, "--set", "xi=0.1"])

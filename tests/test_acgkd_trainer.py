@@ -168,6 +168,20 @@ def test_held_out_pseudo_graphs_are_never_trained_on(teacher):
     assert trainer.num_holdout == 4 and len(trainer.graphs) == 14
     assert int(trainer.curriculum.order.max()) < 10 and trainer.curriculum.order.numel() == 10
     assert trainer.selection_set[0].mask.shape[0] == 4
+    assert len(trainer.selection_set) == trainer.config.selection_draws  # distinct edge draws of the same graphs
+    assert not torch.equal(trainer.selection_set[0].adj, trainer.selection_set[1].adj)
+
+
+@pytest.mark.parametrize("start,first", [(0.0, 1), (0.5, 4), (0.99, 8)])
+def test_selection_considers_only_students_from_selection_start(start, first, teacher, monkeypatch):
+    """A score that only falls makes the first candidate the selected one: it is the first epoch >= start."""
+    from dfkd_fast.acgkd import trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "agreement_score", lambda *a: (calls.append(1) or 1.0 - len(calls), 0.0))
+    trainer = make_trainer(make_config("acgkd", **{**TINY, "epochs": 8, "selection_start": start}), teacher)
+    trainer.fit()
+    assert trainer.selected["epoch"] == first and len(calls) == 8 - first + 1
 
 
 def test_batch_order_and_sizes(teacher):

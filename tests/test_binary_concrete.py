@@ -101,7 +101,8 @@ def test_hard_edge_frequency_is_sigmoid_of_logit(backend, symmetric):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("budget", [{"k": 0}, {"k": 5}, {"k": 400}, {"ratio": 0.25}, {"ratio": 1.0}])
+@pytest.mark.parametrize("budget", [{"k": 0}, {"k": 5}, {"k": 400}, {"ratio": 0.25}, {"ratio": 1.0},
+                                    {"per_node": 0.7}, {"per_node": 1.0}, {"per_node": 50.0}])
 def test_budget_keeps_exactly_min_k_pairs(backend, symmetric, budget):
     num_nodes = [1, 2, 17, 9, 0]
     logits = torch.randn(5, 17, 17) * 2
@@ -109,7 +110,12 @@ def test_budget_keeps_exactly_min_k_pairs(backend, symmetric, budget):
                                               **budget)
     for b, n in enumerate(num_nodes):
         pairs = n * (n - 1) // (2 if symmetric else 1)
-        allowed = min(budget["k"], pairs) if "k" in budget else math.floor(budget["ratio"] * pairs)
+        if "k" in budget:
+            allowed = min(budget["k"], pairs)
+        elif "ratio" in budget:
+            allowed = math.floor(budget["ratio"] * pairs)
+        else:
+            allowed = min(math.floor(budget["per_node"] * n), pairs)
         edges = (adj[b] != 0).sum().item() // (2 if symmetric else 1)
         assert edges == allowed, (b, n)
     hard = dfkd_fast.binary_concrete_adjacency(logits, num_nodes, 1.0, seed=3, symmetric=symmetric, hard=True,
@@ -307,6 +313,9 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], k=-1), ValueError, "'k' must be in \\[0"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], ratio=1.5), ValueError, "'ratio'"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], k=2, ratio=0.5), ValueError, "at most one of 'k'"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], ratio=0.5, per_node=1.0), ValueError,
+     "at most one of 'k', 'ratio' and 'per_node', got ratio=0.5 and per_node=1.0"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], per_node=-1.0), ValueError, "'per_node' must be"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], seed=-1), ValueError, "'seed'"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], offset=2**64), ValueError, "'offset'"),
     (lambda: dfkd_fast.adjacency_to_pyg(LG, [4, 4], max_edges=-2), ValueError, "'max_edges'"),

@@ -26,7 +26,7 @@ TAU = 0.7
 SEED, OFFSET = 1234, 5
 # Mixed node counts padded to n = 64 (Philox groups aligned with rows) and to n = 67 (groups straddle rows and graphs).
 BATCHES = {64: [1, 2, 17, 64], 67: [0, 1, 2, 17, 67]}
-BUDGETS = [{}, {"k": 25}, {"ratio": 0.3}]
+BUDGETS = [{}, {"k": 25}, {"ratio": 0.3}, {"per_node": 1.5}]
 TOL = {torch.float64: 1e-12, torch.float32: 0.0}  # 0: the same bits
 GRAD_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
@@ -50,7 +50,7 @@ def assert_same_sample(fused, ref, hard, tol):
 
 
 @pytest.mark.parametrize("n", sorted(BATCHES))
-@pytest.mark.parametrize("budget", BUDGETS, ids=["all", "k", "ratio"])
+@pytest.mark.parametrize("budget", BUDGETS, ids=["all", "k", "ratio", "per_node"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "dir"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_matches_reference(n, budget, symmetric, dtype):
@@ -240,7 +240,8 @@ def test_property_matches_reference(counts, pad, symmetric, k, seed, offset):
         ({"tau": -1.0}, ValueError, "'tau'"),
         ({"tau": float("nan")}, ValueError, "'tau'"),
         ({"k": -1}, ValueError, r"'k' must be in \[0, "),
-        ({"k": 2, "ratio": 0.5}, ValueError, "at most one of 'k' and 'ratio'"),
+        ({"k": 2, "ratio": 0.5}, ValueError, "at most one of 'k', 'ratio' and 'per_node'"),
+        ({"per_node": float("nan")}, ValueError, "'per_node'"),
         ({"ratio": 1.5}, ValueError, "'ratio'"),
         ({"num_nodes": [5, 6]}, ValueError, r"'num_nodes' must hold node counts in \[0, 5\].*found 6"),
         ({"num_nodes": [5, -1]}, ValueError, "'num_nodes'.*found -1"),
@@ -301,7 +302,7 @@ def _cuda_vs_cpu(logits, counts, **kw):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("n", sorted(BATCHES))
-@pytest.mark.parametrize("budget", BUDGETS, ids=["all", "k", "ratio"])
+@pytest.mark.parametrize("budget", BUDGETS, ids=["all", "k", "ratio", "per_node"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "dir"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_cuda_matches_cpu_kernel(n, budget, symmetric, dtype):

@@ -264,8 +264,10 @@ class GraphDistiller:
 
     def consider_for_selection(self) -> None:
         """Keep the student if it agrees with the teacher on the held-out graphs at least as well as the kept one
-        (class-balanced agreement, then KL; a later epoch wins a tie). Reads no label of any graph."""
-        if not self.selection_set:
+        (class-balanced agreement, then KL; a later epoch wins a tie), from ``selection_start`` of the KD epochs on
+        (and always the last epoch). Reads no label of any graph."""
+        cfg = self.config
+        if not self.selection_set or (self.epoch < cfg.selection_start * cfg.epochs and self.epoch < cfg.epochs):
             return
         agreement, kl = agreement_score(self.eval_model, self.teacher, self.selection_set, self.num_classes)
         if self.selected is None or (agreement, -kl) >= (self.selected["agreement"], -self.selected["kl"]):
@@ -446,7 +448,7 @@ class ACGKDTrainer(GraphDistiller):
             min_nodes=cfg.min_nodes, max_nodes=cfg.max_nodes, tau=cfg.tau, xi=cfg.xi, edge_budget=cfg.edge_budget,
             init_density=cfg.init_density, symmetric=cfg.symmetric, straight_through=cfg.straight_through,
             hard_features=cfg.hard_features, degree_cap=cfg.degree_cap, connect_isolated=cfg.connect_isolated,
-            seed=cfg.seed, backend=self.backend).to(self.device)
+            mean_degree=cfg.mean_degree, seed=cfg.seed, backend=self.backend).to(self.device)
         self.generator_optimizer = torch.optim.Adam([
             {"params": [self.graphs.edge_logits], "lr": cfg.lr_structure},
             {"params": [self.graphs.feature_logits], "lr": cfg.lr_features}])
@@ -493,10 +495,10 @@ class ACGKDTrainer(GraphDistiller):
                                            balanced=cfg.balanced_curriculum)
         if not cfg.resample:
             self.exported = self.graphs.hard_sample()
-        if self.num_holdout:  # one fixed draw of the held-out graphs, as a student would see them
+        if self.num_holdout:  # fixed draws of the held-out graphs, as a student would see them
             held_out = self.holdout_index().to(self.device)
-            self.selection_set = [self.graphs.hard_sample(held_out) if self.exported is None
-                                  else select(self.exported, held_out)]
+            self.selection_set = ([self.graphs.hard_sample(held_out) for _ in range(cfg.selection_draws)]
+                                  if self.exported is None else [select(self.exported, held_out)])
 
     def kd_batches(self) -> Iterator[DenseGraphs]:
         for index in self._shuffled(self.curriculum.pool(self.epoch)):

@@ -35,6 +35,7 @@ class BinaryConcreteAdjacency(nn.Module):
         self_loops: bool = False,
         k: int | None = None,
         ratio: float | None = None,
+        per_node: float | None = None,
         backend: str | None = None,
     ) -> None:
         super().__init__()
@@ -46,6 +47,7 @@ class BinaryConcreteAdjacency(nn.Module):
         self.self_loops = self_loops
         self.k = k
         self.ratio = ratio
+        self.per_node = per_node
         self.backend = backend
 
     def forward(self, logits: Tensor, num_nodes: Tensor | list[int], tau: float | None = None) -> Tensor:
@@ -63,6 +65,7 @@ class BinaryConcreteAdjacency(nn.Module):
             self_loops=self.self_loops,
             k=self.k,
             ratio=self.ratio,
+            per_node=self.per_node,
             backend=self.backend,
         )
 
@@ -73,4 +76,5 @@ class BinaryConcreteAdjacency(nn.Module):
         self.seed, self.offset = int(state["seed"]), int(state["offset"])
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, symmetric={self.symmetric}, hard={self.hard}, k={self.k}, ratio={self.ratio}"
+        return (f"tau={self.tau}, symmetric={self.symmetric}, hard={self.hard}, k={self.k}, ratio={self.ratio}, "
+                f"per_node={self.per_node}")

@@ -184,6 +184,7 @@ def binary_concrete_adjacency(
     self_loops: bool = False,
     k: int | None = None,
     ratio: float | None = None,
+    per_node: float | None = None,
     backend: str | None = None,
 ) -> Tensor:
     """Sample Binary Concrete (relaxed Bernoulli) adjacency matrices for a padded batch of graphs.
@@ -209,8 +210,10 @@ def binary_concrete_adjacency(
         symmetric: undirected graphs (mirrored upper triangle), else directed edges.
         hard: forward ``1[y > 1/2]`` (a Bernoulli(sigmoid(logit)) sample) with the straight-through gradient.
         self_loops: set the diagonal of valid nodes to 1.
-        k, ratio: sparsity budget: keep at most ``k`` edges per graph, or ``floor(ratio * pairs)``, chosen by the
-            largest relaxed values (undirected pairs count once when ``symmetric``). At most one of the two.
+        k, ratio, per_node: sparsity budget: keep at most ``k`` edges per graph, ``floor(ratio * pairs)`` or
+            ``floor(per_node * nodes)`` (a mean degree of ``2 * per_node`` when ``symmetric``, whatever the graph's
+            size), chosen by the largest relaxed values (undirected pairs count once when ``symmetric``). At most
+            one of the three.
         backend: ``"auto"`` (the C++ kernel when ``dfkd_fast._C`` is built), ``"fused"`` or ``"reference"``.
     """
     fn = "binary_concrete_adjacency"
@@ -230,15 +233,20 @@ def binary_concrete_adjacency(
         seed = int(torch.randint(0, MAX_SEED, (1,)).item())
     _checks.integer(fn, "seed", seed, low=0, high=MAX_SEED)
     _checks.integer(fn, "offset", offset, low=0, high=MAX_SEED)
-    if k is not None and ratio is not None:
-        raise ValueError(f"{fn}: give at most one of 'k' and 'ratio', got k={k} and ratio={ratio}")
+    given = [f"{name}={value}" for name, value in (("k", k), ("ratio", ratio), ("per_node", per_node))
+             if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"{fn}: give at most one of 'k', 'ratio' and 'per_node', got {' and '.join(given)}")
     if k is not None:
         _checks.integer(fn, "k", k, low=0, high=MAX_SEED)
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
             raise ValueError(f"{fn}: argument 'ratio' must be a float in [0, 1], got {ratio!r}")
+    if per_node is not None:
+        if isinstance(per_node, bool) or not isinstance(per_node, (int, float)) or not 0.0 <= per_node < 2**31:
+            raise ValueError(f"{fn}: argument 'per_node' must be a float >= 0, got {per_node!r}")
     _checks.finite(fn, "logits", logits)
-    budget = edge_budget(num_nodes_t, symmetric, k, ratio)
+    budget = edge_budget(num_nodes_t, symmetric, k, ratio, per_node)
     if use_fused(fn, backend, logits.device, "cpp"):
         args = (logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard, self_loops)
         if torch.compiler.is_compiling():

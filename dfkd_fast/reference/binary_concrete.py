@@ -119,13 +119,17 @@ def pair_counts(num_nodes: torch.Tensor, symmetric: bool) -> torch.Tensor:
 
 
 def edge_budget(
-    num_nodes: torch.Tensor, symmetric: bool, k: int | None = None, ratio: float | None = None
+    num_nodes: torch.Tensor, symmetric: bool, k: int | None = None, ratio: float | None = None,
+    per_node: float | None = None,
 ) -> torch.Tensor | None:
-    """Per-graph edge budget [B] int64: ``k`` edges, or ``floor(ratio * pairs)``; None when neither is set."""
+    """Per-graph edge budget [B] int64: ``k`` edges, ``floor(ratio * pairs)`` or ``floor(per_node * nodes)``; None
+    when none is set."""
     if k is not None:
         return torch.full_like(num_nodes, k, dtype=torch.int64)
     if ratio is not None:
         return torch.floor(ratio * pair_counts(num_nodes, symmetric).to(torch.float64)).to(torch.int64)
+    if per_node is not None:
+        return torch.floor(per_node * num_nodes.to(torch.float64)).to(torch.int64)
     return None
 
 
