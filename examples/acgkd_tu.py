@@ -38,7 +38,7 @@ from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, load_teacher, save_model, train_model
-from dfkd_fast.acgkd.trainer import accuracy, graph_batches
+from dfkd_fast.acgkd.trainer import accuracy, class_fractions, graph_batches, predictions
 from dfkd_fast.data.graphs import TU_DATASETS
 from dfkd_fast.models.gnn import build_gnn
 from dfkd_fast.runs import atomic_save, load_checkpoint, seed_everything
@@ -70,8 +70,8 @@ TEACHER_SEEDS = range(5)
 TEACHER_TRAIN_ACC = {"MUTAG": (72.5, 70.2, 83.2, 85.5, 85.5), "PTC_MR": (76.7, 65.4, 66.3, 65.8, 63.3),
                      "PROTEINS": (72.9, 75.7, 76.6, 74.7, 74.8), "IMDB-BINARY": (84.6, 83.9, 85.4, 85.1, 85.3),
                      "NCI1": (59.8, 74.4, 70.8, 71.9, 73.5)}
-TEACHER_NOTE = ("Teachers: of seeds 0-4, the one with the highest accuracy on its own training graphs (ties: the lowest "
-                "seed; no test label read); training accuracy (%) of seeds 0-4: " + "; ".join(
+TEACHER_NOTE = ("Teachers: of seeds 0-4, the one with the highest accuracy on its own training graphs (ties: the "
+                "lowest seed; no test label read); training accuracy (%) of seeds 0-4: " + "; ".join(
                     f"{name} {' / '.join(f'{a:.1f}' for a in accs)}" for name, accs in TEACHER_TRAIN_ACC.items())
                 + " (`python examples/acgkd_tu.py --choose-teachers` retrains them).")
 QUICK = {"teacher_seed": 0, "teacher_epochs": 2, "epochs": 2, "acgkd": {"iterations": 2}, "gfkd": {"iterations": 2}}
@@ -79,15 +79,24 @@ TIMED_STEPS = 10
 STUDY_SEEDS = 5
 
 
-def teacher_for(name: str, data_root: str, out: Path, settings: dict):
-    """The dataset's seeded teacher (trained once, kept under ``out``), its train and test graphs."""
-    path = out / name / TEACHER_FILE
+def train_teacher(name: str, data_root: str, settings: dict, seed: int):
+    """(teacher of ``seed``, its test accuracy, dataset, train graphs, test graphs), seeded before it is built (the
+    initial weights are part of the seeded run)."""
     dataset, train, test = dataset_and_split(name, data_root)
-    if not path.is_file():
-        seed_everything(settings["teacher_seed"])  # before building: the initial weights are seeded too
-        model = build_gnn(TEACHER, dataset.num_features, dataset.num_classes)
-        acc = train_model(model, train, test, epochs=settings["teacher_epochs"], seed=settings["teacher_seed"],
-                          desc=f"{name} teacher")
+    seed_everything(seed)
+    model = build_gnn(TEACHER, dataset.num_features, dataset.num_classes)
+    acc = train_model(model, train, test, epochs=settings["teacher_epochs"], seed=seed,
+                      desc=f"{name} teacher seed {seed}")
+    return model, acc, train, test
+
+
+def teacher_for(name: str, data_root: str, out: Path, settings: dict):
+    """The dataset's teacher (seed ``teacher_seed``, trained once, kept under ``out``), its train and test graphs."""
+    path = out / name / TEACHER_FILE
+    if path.is_file():
+        _, train, test = dataset_and_split(name, data_root)
+    else:
+        model, acc, train, test = train_teacher(name, data_root, settings, settings["teacher_seed"])
         save_model(path, model, role="teacher", dataset=name, split={"seed": 29}, train_size=len(train), test_acc=acc)
     teacher, _ = load_teacher(path, TEACHER)
     return teacher, train, test
@@ -95,10 +104,7 @@ def teacher_for(name: str, data_root: str, out: Path, settings: dict):
 
 def train_accuracy(name: str, data_root: str, settings: dict, seed: int) -> float:
     """Training-set accuracy of the candidate teacher of ``seed`` (trained as :func:`teacher_for` trains it)."""
-    dataset, train, test = dataset_and_split(name, data_root)
-    seed_everything(seed)
-    model = build_gnn(TEACHER, dataset.num_features, dataset.num_classes)
-    train_model(model, train, test, epochs=settings["teacher_epochs"], seed=seed, desc=f"{name} teacher seed {seed}")
+    model, _, train, _ = train_teacher(name, data_root, settings, seed)
     return accuracy(model, graph_batches(train))
 
 
@@ -128,8 +134,7 @@ def run_cell(name: str, student: str, method: str, seed: int, teacher, train, te
             atomic_save(state, path)
         generation = {"gen_s": state["generation_s"], "gen_steps": state["step"]}
     summary = trainer.fit()
-    preds = torch.cat([trainer.selected_student()(b).argmax(1) for b in graph_batches(test)])
-    top = float(torch.bincount(preds, minlength=teacher.num_classes).max()) / len(preds)
+    top = max(class_fractions(predictions(trainer.selected_student(), graph_batches(test)), teacher.num_classes))
     return {"dataset": name, "student": student, "method": method, "seed": seed, "last": summary["last_acc"],
             "selected": summary["selected_acc"], "best": summary["best_acc"],
             "selected_epoch": summary["selected_epoch"], "selected_top_class_fraction": top,

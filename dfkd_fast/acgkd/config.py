@@ -78,8 +78,8 @@ class ACGKDConfig(DistillConfig):
                                    "edges per graph, whatever its size (real MUTAG 2.2, NCI1 2.2, PROTEINS 3.7). xi "
                                    "gave small graphs too few edges and large ones too many (mean degree 1.5 at 10-14 "
                                    "nodes, 2.5 at 25-29), and students 0.7-1.8 points lower on MUTAG and PROTEINS")
-    xi: float | None = _f(None, "spatial complexity xi as a fraction of the node pairs: at most floor(xi * pairs) edges "
-                          "per graph (notes §3.2 (b); real MUTAG: 0.13); given, it replaces --mean-degree")
+    xi: float | None = _f(None, "spatial complexity xi as a fraction of the node pairs: at most floor(xi * pairs) "
+                          "edges per graph (notes §3.2 (b); real MUTAG: 0.13); given, it replaces --mean-degree")
     edge_budget: int | None = _f(None, "spatial complexity as an absolute edge budget per graph (replaces --xi and "
                                  "--mean-degree)")
     init_density: float = _f(0.1, "initial mean edge probability (GFKD starts at 0.5)")

@@ -497,17 +497,21 @@ class ACGKDTrainer(GraphDistiller):
             self.exported = self.graphs.hard_sample()
         if self.num_holdout:  # fixed draws of the held-out graphs, as a student would see them
             held_out = self.holdout_index().to(self.device)
-            self.selection_set = ([self.graphs.hard_sample(held_out) for _ in range(cfg.selection_draws)]
-                                  if self.exported is None else [select(self.exported, held_out)])
+            draws = cfg.selection_draws if self.exported is None else 1  # fixed graphs: every draw is the same
+            self.selection_set = [self.student_graphs(held_out) for _ in range(draws)]
+
+    def student_graphs(self, index: Tensor) -> DenseGraphs:
+        """The pseudo-graphs ``index`` as the student sees them: a fresh hard draw, or the fixed one without
+        ``resample``."""
+        return self.graphs.hard_sample(index) if self.exported is None else select(self.exported, index)
 
     def kd_batches(self) -> Iterator[DenseGraphs]:
         for index in self._shuffled(self.curriculum.pool(self.epoch)):
-            yield self.graphs.hard_sample(index) if self.exported is None else select(self.exported, index)
+            yield self.student_graphs(index)
 
     def bn_graphs(self) -> Iterator[DenseGraphs]:
         """All the KD pseudo-graphs, one fresh draw (or the fixed one without ``resample``)."""
-        index = torch.arange(self.num_graphs, device=self.device)
-        yield self.graphs.hard_sample(index) if self.exported is None else select(self.exported, index)
+        yield self.student_graphs(torch.arange(self.num_graphs, device=self.device))
 
     def kd_step(self, graphs: DenseGraphs) -> dict:
         """``w_feat * MSE(projected student feature, teacher feature) + w_kd * KD(tau_adv)``."""

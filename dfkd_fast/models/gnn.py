@@ -309,16 +309,11 @@ def load_gfkd_checkpoint(source, feature_order=None, class_order=None) -> GNN:
     ``model_state_dict`` / ``state_dict`` / ``model``. Any mismatch is a one-line :class:`DfkdError`.
     """
     from dfkd_fast.models import extract_state_dict
+    from dfkd_fast.runs import load_checkpoint
 
     name = str(source) if not isinstance(source, dict) else "state"
     if not isinstance(source, dict):
-        try:
-            source = torch.load(source, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DfkdError(f"GFKD checkpoint not found: {name}") from None
-        except Exception as exc:
-            raise DfkdError(f"GFKD checkpoint {name} is not a plain tensor checkpoint ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        source = load_checkpoint(source)
     for key in ("model_state_dict", "model"):
         if isinstance(source, dict) and isinstance(source.get(key), dict):
             source = source[key]
@@ -327,24 +322,22 @@ def load_gfkd_checkpoint(source, feature_order=None, class_order=None) -> GNN:
         kind, layers, in_dim, hidden, num_classes = _gfkd_spec(state)
     except DfkdError as exc:
         raise DfkdError(f"GFKD checkpoint {name}: {exc}") from None
-    state = {k: v.clone() for k, v in state.items()}
+    state = dict(state)  # reorder replaces tensors, never writes into the caller's
     first = "gcnlayers.0.weight" if kind == "gcn" else "ginlayers.0.apply_func.mlp.linears.0.weight"
     for order, size, what in ((feature_order, in_dim, "feature_order"), (class_order, num_classes, "class_order")):
         if order is not None and sorted(int(i) for i in order) != list(range(size)):
             raise DfkdError(f"load_gfkd_checkpoint: argument '{what}' must be a permutation of 0..{size - 1} (the "
                             f"checkpoint's {'node features' if what == 'feature_order' else 'classes'}), got "
                             f"{list(order)}")
+    def reorder(key: str, order, dim: int) -> None:  # GFKD's g-th row along dim becomes row order[g]
+        index = torch.as_tensor(list(order), dtype=torch.long)
+        state[key] = torch.empty_like(state[key]).index_copy_(dim, index, state[key])
+
     if feature_order is not None:
-        index = torch.as_tensor(list(feature_order), dtype=torch.long)
-        w = state[first]
-        dim = 0 if kind == "gcn" else 1  # GraphConv: [in, out]; nn.Linear: [out, in]
-        permuted = torch.empty_like(w)
-        permuted.index_copy_(dim, index, w)
-        state[first] = permuted
+        reorder(first, feature_order, 0 if kind == "gcn" else 1)  # GraphConv: [in, out]; nn.Linear: [out, in]
     if class_order is not None:
-        index = torch.as_tensor(list(class_order), dtype=torch.long)
         for key in ("linears_prediction.weight", "linears_prediction.bias"):
-            state[key] = torch.empty_like(state[key]).index_copy_(0, index, state[key])
+            reorder(key, class_order, 0)
     model = GNN(kind, layers, in_dim, hidden, num_classes)
     _load_strict(model, state, name)
     return model.eval()

@@ -99,9 +99,7 @@ def _differentiable_backward(ctx, grad: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
     else:
         logits, num_nodes, _tz, _ti, budget = ctx.saved_tensors
-        relaxed = (logits, num_nodes, budget, tau, seed, offset, symmetric, False, False)
-        y = (torch.ops.dfkd_fast.binary_concrete_fwd(*relaxed) if torch.compiler.is_compiling()
-             else _FusedSample.apply(*relaxed))[0]
+        y = _fused_forward(logits, num_nodes, budget, tau, seed, offset, symmetric, False, False)[0]
     d = grad * (y * (1 - y) / tau)
     return (d + d.mT).triu(1) if symmetric else d
 
@@ -120,6 +118,14 @@ class _FusedSample(torch.autograd.Function):
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
     jvp = staticmethod(functools.partial(_no_jvp, "binary_concrete_fwd"))
+
+
+def _fused_forward(*args):
+    """The C++/CUDA forward with its autograd formula: the op itself under torch.compile (Dynamo traces its
+    registration), else through :class:`_FusedSample` (which torch.func accepts)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.dfkd_fast.binary_concrete_fwd(*args)
+    return _FusedSample.apply(*args)
 
 
 # The schemas live in the extension: register the Python faces only where it is built (an unbuilt extension is
@@ -248,10 +254,7 @@ def binary_concrete_adjacency(
     _checks.finite(fn, "logits", logits)
     budget = edge_budget(num_nodes_t, symmetric, k, ratio, per_node)
     if use_fused(fn, backend, logits.device, "cpp"):
-        args = (logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard, self_loops)
-        if torch.compiler.is_compiling():
-            return torch.ops.dfkd_fast.binary_concrete_fwd(*args)[0]
-        return _FusedSample.apply(*args)[0]
+        return _fused_forward(logits, num_nodes_t, budget, tau, seed, offset, symmetric, hard, self_loops)[0]
     return binary_concrete_adjacency_reference(logits, num_nodes_t, tau, seed, offset, symmetric, hard, self_loops,
                                                budget)
 
