@@ -111,8 +111,10 @@ def test_collapse_guard_fires_on_a_constant_student_only(teacher, graphs, capsys
     assert "class 0 for 100% of the 20" in collapse_message(torch.zeros(20, dtype=torch.long), 2, 0.9)
     assert collapse_message(torch.tensor([0, 1] * 10), 2, 0.9) is None
     assert collapse_message(torch.tensor([1] * 17 + [0] * 3), 2, 0.9) is None  # 85% < 90%
+    shifted = collapse_message(torch.tensor([1] * 19 + [0]), 2, 0.9, teacher_preds=torch.tensor([1] * 14 + [0] * 6))
+    assert "class 1 for 95% of the 20 evaluation graphs, the teacher for 70% (" in shifted
     from dfkd_fast.acgkd.teacher import train_model
-    from dfkd_fast.acgkd.trainer import predictions, graph_batches
+    from dfkd_fast.acgkd.trainer import class_fractions, predictions, graph_batches
 
     good = build_gnn("gcn-3-16", 6, 2)
     assert train_model(good, graphs, graphs, epochs=30, seed=0) > 0.8  # a good student: fitted to these graphs
@@ -123,6 +125,9 @@ def test_collapse_guard_fires_on_a_constant_student_only(teacher, graphs, capsys
     trainer.student = Constant()
     lines = trainer.collapse_warnings()
     assert len(lines) == 2 and all("\n" not in line and "collapsed" in line for line in lines)
+    share = class_fractions(predictions(teacher, graph_batches(graphs)), 2)[0]
+    assert all(f"class 0 for 100% of the {len(graphs)} evaluation graphs, the teacher for {share:.0%} (" in line
+               for line in lines)
     # fit prints them, one line each, on stderr
     trainer = make_trainer(make_config("acgkd", **{**TINY, "epochs": 1}), teacher, eval_graphs=graphs)
     trainer.ema_student.forward = Constant().forward  # the weight average is what is evaluated

@@ -71,11 +71,14 @@ def class_fractions(preds: Tensor, num_classes: int) -> list[float]:
     return (torch.bincount(preds, minlength=num_classes).double() / max(preds.numel(), 1)).tolist()
 
 
-def collapse_message(preds: Tensor, num_classes: int, threshold: float, what: str = "student") -> str | None:
+def collapse_message(preds: Tensor, num_classes: int, threshold: float, what: str = "student",
+                     teacher_preds: Tensor | None = None) -> str | None:
     """The one-line warning when one class holds at least ``threshold`` of ``preds`` (None otherwise).
 
     A student that predicts (nearly) one class for every graph is a collapsed student even when its accuracy looks
-    plausible on an imbalanced split; the check reads predictions only, never labels.
+    plausible on an imbalanced split; the check reads predictions only, never labels. With ``teacher_preds`` (the
+    teacher's predictions on the same graphs) the line also gives the teacher's share of that class, which tells a
+    student that drifted away from its teacher from one that follows a teacher predicting mostly that class.
     """
     if preds.numel() == 0 or threshold >= 1.0 + 1e-12:
         return None
@@ -83,8 +86,10 @@ def collapse_message(preds: Tensor, num_classes: int, threshold: float, what: st
     top = max(range(num_classes), key=fractions.__getitem__)
     if fractions[top] < threshold:
         return None
+    teacher = ("" if teacher_preds is None
+               else f", the teacher for {class_fractions(teacher_preds, num_classes)[top]:.0%}")
     return (f"dfkd-fast: warning: the {what} predicts class {top} for {fractions[top]:.0%} of the {preds.numel()} "
-            f"evaluation graphs (--collapse-threshold {threshold:g}): it has collapsed onto one class")
+            f"evaluation graphs{teacher} (--collapse-threshold {threshold:g}): it has collapsed onto one class")
 
 
 @torch.no_grad()
@@ -285,9 +290,10 @@ class GraphDistiller:
         """One line per collapsed student (last, selected) on the evaluation graphs; printed by :meth:`fit`."""
         lines = []
         if self.eval_batches:
+            teacher_preds = predictions(self.teacher, self.eval_batches, self.device)
             for what, model in (("last student", self.eval_model), ("selected student", self.selected_student())):
                 preds = predictions(model, self.eval_batches, self.device)
-                line = collapse_message(preds, self.num_classes, self.config.collapse_threshold, what)
+                line = collapse_message(preds, self.num_classes, self.config.collapse_threshold, what, teacher_preds)
                 if line:
                     lines.append(line)
         return lines
