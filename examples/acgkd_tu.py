@@ -80,8 +80,8 @@ STUDY_SEEDS = 5
 
 
 def train_teacher(name: str, data_root: str, settings: dict, seed: int):
-    """(teacher of ``seed``, its test accuracy, dataset, train graphs, test graphs), seeded before it is built (the
-    initial weights are part of the seeded run)."""
+    """(teacher of ``seed``, its test accuracy, train graphs, test graphs), seeded before it is built (the initial
+    weights are part of the seeded run)."""
     dataset, train, test = dataset_and_split(name, data_root)
     seed_everything(seed)
     model = build_gnn(TEACHER, dataset.num_features, dataset.num_classes)
@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="train the candidate teachers (seeds 0-4) of --datasets and print each one's training "
                         "accuracy and the chosen seed (the highest; no test label read)")
     args = accept_both_spellings(parser).parse_args(argv)
-    if args.quick and any(getattr(args, k) == parser.get_default(k) for k in ("cache", "table", "readme")):
+    study_outputs = any(getattr(args, k) == parser.get_default(k) for k in ("cache", "table", "readme"))
+    if args.quick and study_outputs:
         parser.error("--quick must not overwrite the study's results: pass --cache, --table and --readme (or none)")
     overrides = {}
     for item in args.set:
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value  # a plain string, e.g. curriculum=size
-    if overrides and any(getattr(args, k) == parser.get_default(k) for k in ("cache", "table", "readme")):
+    if overrides and study_outputs:
         parser.error("--set must not overwrite the study's results: pass --cache, --table and --readme (or none)")
     torch.set_num_threads(1)  # tiny graphs: extra threads only contend (and CPU seconds stay comparable)
     cache, out = Path(args.cache), Path(args.out)
