@@ -47,8 +47,18 @@ def test_budget_bounds_the_edges_of_every_pseudo_graph(symmetric, budget, straig
         torch.testing.assert_close(diag, draw.mask.to(diag.dtype))
 
 
+@pytest.mark.parametrize("budget, edges", [({}, lambda n: n), ({"mean_degree": 3.0}, lambda n: 3 * n // 2),
+                                           ({"xi": 0.1}, lambda n: n * (n - 1) // 20)])
+def test_budget_defaults_to_the_trainers(budget, edges):
+    """Used directly, the class budgets as the trainer does: mean degree 2 unless xi (or mean_degree) is given."""
+    graphs = PseudoGraphs(12, 4, 2, init_density=0.9, seed=5, **budget)
+    draw = graphs.hard_sample()
+    per_graph, _ = off_diagonal_edges(draw.adj, draw.mask)
+    assert per_graph.tolist() == [2 * edges(int(n)) for n in graphs.num_nodes]
+
+
 def test_without_budget_density_follows_the_logits():
-    graphs = PseudoGraphs(30, 4, 2, xi=None, init_density=0.2, seed=0)
+    graphs = PseudoGraphs(30, 4, 2, xi=None, mean_degree=None, init_density=0.2, seed=0)
     draw = graphs.hard_sample()
     per_graph, _ = off_diagonal_edges(draw.adj, draw.mask)
     n = graphs.num_nodes

@@ -316,6 +316,8 @@ BAD_INPUTS = [
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], ratio=0.5, per_node=1.0), ValueError,
      "at most one of 'k', 'ratio' and 'per_node', got ratio=0.5 and per_node=1.0"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], per_node=-1.0), ValueError, "'per_node' must be"),
+    (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], per_node=2.0**31), ValueError,
+     "'per_node' must be a float in \\[0, 2\\*\\*31\\), got 2147483648.0"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], seed=-1), ValueError, "'seed'"),
     (lambda: dfkd_fast.binary_concrete_adjacency(LG, [4, 4], offset=2**64), ValueError, "'offset'"),
     (lambda: dfkd_fast.adjacency_to_pyg(LG, [4, 4], max_edges=-2), ValueError, "'max_edges'"),

@@ -41,13 +41,15 @@ class PseudoGraphs(nn.Module):
     """ACGKD's pseudo-graphs: ``edge_logits [K, n, n]`` (upper triangle used when symmetric), ``feature_logits``.
 
     Node counts and labels are buffers (saved with the parameters); the sampler's stream is saved as its extra state.
+    The edge budget is the trainer's: ``edge_budget`` if given, else ``xi``, else ``mean_degree`` (default 2);
+    ``xi=None, mean_degree=None`` (and no ``edge_budget``) leaves the logits alone to choose how many edges.
     """
 
     def __init__(self, num_graphs: int, num_features: int, num_classes: int, *, min_nodes: int = 10,
-                 max_nodes: int = 29, tau: float = 1.0, xi: float | None = 0.1, edge_budget: int | None = None,
+                 max_nodes: int = 29, tau: float = 1.0, xi: float | None = None, edge_budget: int | None = None,
                  init_density: float = 0.1, symmetric: bool = True, straight_through: bool = True,
                  hard_features: bool = False, degree_cap: float | None = None, connect_isolated: bool = False,
-                 mean_degree: float | None = None, seed: int = 0, backend: str | None = None) -> None:
+                 mean_degree: float | None = 2.0, seed: int = 0, backend: str | None = None) -> None:
         super().__init__()
         self.degree_cap, self.connect_isolated = degree_cap, connect_isolated
         counts, labels = draw_counts_and_labels(num_graphs, min_nodes, max_nodes, num_classes, seed)

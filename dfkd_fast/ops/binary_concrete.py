@@ -250,7 +250,7 @@ def binary_concrete_adjacency(
             raise ValueError(f"{fn}: argument 'ratio' must be a float in [0, 1], got {ratio!r}")
     if per_node is not None:
         if isinstance(per_node, bool) or not isinstance(per_node, (int, float)) or not 0.0 <= per_node < 2**31:
-            raise ValueError(f"{fn}: argument 'per_node' must be a float >= 0, got {per_node!r}")
+            raise ValueError(f"{fn}: argument 'per_node' must be a float in [0, 2**31), got {per_node!r}")
     _checks.finite(fn, "logits", logits)
     budget = edge_budget(num_nodes_t, symmetric, k, ratio, per_node)
     if use_fused(fn, backend, logits.device, "cpp"):
