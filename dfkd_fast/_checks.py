@@ -67,6 +67,15 @@ def positive(fn: str, name: str, value: object) -> float:
     return float(value)
 
 
+def number_in(fn: str, name: str, value: object, low: float, high: float, interval: str) -> float:
+    """A float (or int) in ``interval``, written as it is shown, e.g. "[0, 1]" or "[0, 2**31)" (a ")" excludes
+    ``high``); NaN fails both comparisons."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not (low <= value < high if interval.endswith(")") else low <= value <= high):
+        raise ValueError(f"{fn}: argument '{name}' must be a float in {interval}, got {value!r}")
+    return float(value)
+
+
 def integer(fn: str, name: str, value: object, *, low: int = 0, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{fn}: argument '{name}' must be an int, got {type(value).__name__}")

@@ -246,11 +246,9 @@ def binary_concrete_adjacency(
     if k is not None:
         _checks.integer(fn, "k", k, low=0, high=MAX_SEED)
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"{fn}: argument 'ratio' must be a float in [0, 1], got {ratio!r}")
+        _checks.number_in(fn, "ratio", ratio, 0.0, 1.0, "[0, 1]")
     if per_node is not None:
-        if isinstance(per_node, bool) or not isinstance(per_node, (int, float)) or not 0.0 <= per_node < 2**31:
-            raise ValueError(f"{fn}: argument 'per_node' must be a float in [0, 2**31), got {per_node!r}")
+        _checks.number_in(fn, "per_node", per_node, 0.0, 2.0**31, "[0, 2**31)")
     _checks.finite(fn, "logits", logits)
     budget = edge_budget(num_nodes_t, symmetric, k, ratio, per_node)
     if use_fused(fn, backend, logits.device, "cpp"):

@@ -163,8 +163,7 @@ def class_conditional_batch_norm(
     _checks.same_device(fn, "x", x, labels=labels, weight=weight, bias=bias, running_mean=running_mean,
                         running_var=running_var)
     _checks.positive(fn, "eps", eps)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{fn}: argument 'momentum' must be a float in [0, 1], got {momentum!r}")
+    _checks.number_in(fn, "momentum", momentum, 0.0, 1.0, "[0, 1]")
     count = x.numel() // channels if channels else 0
     if training and count <= 1:
         raise ValueError(
