@@ -5,6 +5,8 @@
     python examples/acgkd_tu.py --data-root ../shared/data/TU --table-only         # tables from the cache only
     python examples/acgkd_tu.py --data-root ../shared/data/TU --choose-teachers    # the teacher seeds, retrained
     python examples/acgkd_tu.py --data-root ../shared/data/TU --quick --cache /tmp/c --out /tmp/o   # smoke run
+    python examples/acgkd_tu.py --data-root ../shared/data/TU --datasets MUTAG --split-seed 1 --teacher-seed 1 \
+        --cache /tmp/dev --table /tmp/dev.md --readme none                     # a development split
 
 For each dataset (MUTAG, PTC_MR, PROTEINS, IMDB-BINARY, NCI1): a GCN-5-64 teacher on GFKD's 70/30 split (seed 29),
 seeded before it is built (the same command gives the same teacher), of seeds 0-4 the one with the highest accuracy on
@@ -14,6 +16,10 @@ from which both students are distilled at each method's own recipe, and KD with 
 reference. Every cell reports the student's accuracy on the real 30% test split after the last KD epoch, for the
 label-free-selected student (``student.pt``: best agreement with the teacher on held-out pseudo-graphs; no test label
 read) and for the best evaluated epoch (GFKD's protocol, which selects on test labels).
+
+``--split-seed`` runs the same study on another 70/30 split (its teacher chosen the same way: ``--choose-teachers
+--split-seed S``, then ``--teacher-seed``): a development split, so that a design choice is judged on test labels the
+reported table never shows.
 
 Each (dataset, student, method, seed) is one JSON file under ``--cache`` (committed: examples/acgkd_tu_cache); a
 rerun skips the cells it holds, so the study resumes after an interruption. Generations are kept under ``--out`` so a
@@ -39,7 +45,7 @@ from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, load_teacher, save_model, train_model
 from dfkd_fast.acgkd.trainer import accuracy, class_fractions, graph_batches, predictions
-from dfkd_fast.data.graphs import TU_DATASETS
+from dfkd_fast.data.graphs import GFKD_SPLIT_SEED, TU_DATASETS
 from dfkd_fast.models.gnn import build_gnn
 from dfkd_fast.runs import atomic_save, load_checkpoint, seed_everything
 
@@ -80,10 +86,10 @@ TIMED_STEPS = 10
 STUDY_SEEDS = 5
 
 
-def train_teacher(name: str, data_root: str, settings: dict, seed: int):
+def train_teacher(name: str, data_root: str, settings: dict, seed: int, split_seed: int = GFKD_SPLIT_SEED):
     """(teacher of ``seed``, its test accuracy, train graphs, test graphs), seeded before it is built (the initial
     weights are part of the seeded run)."""
-    dataset, train, test = dataset_and_split(name, data_root)
+    dataset, train, test = dataset_and_split(name, data_root, split_seed=split_seed)
     seed_everything(seed)
     model = build_gnn(TEACHER, dataset.num_features, dataset.num_classes)
     acc = train_model(model, train, test, epochs=settings["teacher_epochs"], seed=seed,
@@ -91,21 +97,22 @@ def train_teacher(name: str, data_root: str, settings: dict, seed: int):
     return model, acc, train, test
 
 
-def teacher_for(name: str, data_root: str, out: Path, settings: dict):
+def teacher_for(name: str, data_root: str, out: Path, settings: dict, split_seed: int = GFKD_SPLIT_SEED):
     """The dataset's teacher (seed ``teacher_seed``, trained once, kept under ``out``), its train and test graphs."""
     path = out / name / TEACHER_FILE
     if path.is_file():
-        _, train, test = dataset_and_split(name, data_root)
+        _, train, test = dataset_and_split(name, data_root, split_seed=split_seed)
     else:
-        model, acc, train, test = train_teacher(name, data_root, settings, settings["teacher_seed"])
-        save_model(path, model, role="teacher", dataset=name, split={"seed": 29}, train_size=len(train), test_acc=acc)
+        model, acc, train, test = train_teacher(name, data_root, settings, settings["teacher_seed"], split_seed)
+        save_model(path, model, role="teacher", dataset=name, split={"seed": split_seed}, train_size=len(train),
+                   test_acc=acc)
     teacher, _ = load_teacher(path, TEACHER)
     return teacher, train, test
 
 
-def train_accuracy(name: str, data_root: str, settings: dict, seed: int) -> float:
+def train_accuracy(name: str, data_root: str, settings: dict, seed: int, split_seed: int = GFKD_SPLIT_SEED) -> float:
     """Training-set accuracy of the candidate teacher of ``seed`` (trained as :func:`teacher_for` trains it)."""
-    model, _, train, _ = train_teacher(name, data_root, settings, seed)
+    model, _, train, _ = train_teacher(name, data_root, settings, seed, split_seed)
     return accuracy(model, graph_batches(train))
 
 
@@ -166,11 +173,14 @@ def load_cells(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob("*/*.json")) if p.name != "dataset.json"]
 
 
-def tables(cache: Path, seeds: list[int], datasets: list[str]) -> str:
+def tables(cache: Path, seeds: list[int], datasets: list[str], split_seed: int = GFKD_SPLIT_SEED,
+           teacher_seed: int | None = None) -> str:
     """The study's Markdown tables, from the cache alone (what is missing is marked and listed)."""
     cells = load_cells(cache)
     info = {p.parent.name: json.loads(p.read_text()) for p in cache.glob("*/dataset.json")}
-    lines = [f"Teacher {TEACHER} (seeded) on GFKD's 70/30 split (seed 29). Test accuracy (%) of the student, mean "
+    split = ("GFKD's 70/30 split (seed 29)" if split_seed == GFKD_SPLIT_SEED else
+             f"the development 70/30 split of seed {split_seed}, not GFKD's")
+    lines = [f"Teacher {TEACHER} (seeded) on {split}. Test accuracy (%) of the student, mean "
              f"± std over the seeds present (of {seeds}): after the last KD epoch, label-free selected (`student.pt`: "
              "best agreement with the teacher on held-out pseudo-graphs, or for real-graph KD on its training graphs; no "
              "test label read), and the best evaluated epoch (GFKD's protocol: selects on test labels); the worst "
@@ -216,10 +226,14 @@ def tables(cache: Path, seeds: list[int], datasets: list[str]) -> str:
                          f"({next(iter(gens.values()))['gen_steps']} steps)" if gens else "–")
         lines.append(f"| {name} | {d['graphs']} | {a:.3f} | {g:.3f} | {ra:.1f} s | {rg:.1f} s | {rg / ra:.1f}x "
                      f"| {study[0]} / {study[1]} |")
-    lines += ["", TEACHER_NOTE, "", "Budgets (KD epochs; generation steps): " + "; ".join(
+    teachers = TEACHER_NOTE if split_seed == GFKD_SPLIT_SEED else (
+        "Teachers: chosen on this split as on GFKD's (`--choose-teachers --split-seed "
+        f"{split_seed}`), seed {teacher_seed} below.")
+    lines += ["", teachers, "", "Budgets (KD epochs; generation steps): " + "; ".join(
         f"{name}: KD {s['epochs']} epochs, ACGKD {s['acgkd']['iterations']} steps, GFKD {s['gfkd']['iterations']} "
         f"steps (lr_structure {s['gfkd']['lr_structure']}, decay every {s['gfkd']['lr_decay_every']}), teacher seed "
-        f"{s['teacher_seed']} ({s['teacher_epochs']} epochs)" for name, s in SETTINGS.items() if name in datasets)
+        f"{s['teacher_seed'] if teacher_seed is None else teacher_seed} ({s['teacher_epochs']} epochs)"
+        for name, s in SETTINGS.items() if name in datasets)
         + ".", ""]
     for name, what in missing.items():
         if len(what) == len(STUDENTS) * len(METHODS) and name not in info:
@@ -237,9 +251,11 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_tables(text: str, table: Path, readme: Path | None) -> None:
+def write_tables(text: str, table: Path, readme: Path | None, cache: Path = HERE / "acgkd_tu_cache") -> None:
+    where = cache.resolve()
+    where = where.relative_to(HERE.parent) if where.is_relative_to(HERE.parent) else where
     _replace(table, "# ACGKD vs GFKD mode vs KD with real graphs on TU datasets\n\n"
-             "Written by `examples/acgkd_tu.py` from `examples/acgkd_tu_cache/`.\n\n" + text)
+             f"Written by `examples/acgkd_tu.py` from `{where.as_posix()}/`.\n\n" + text)
     if readme is not None and readme.is_file():
         begin, end = "<!-- study:begin -->", "<!-- study:end -->"
         body = readme.read_text()
@@ -265,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="config overrides of the --methods' cells, e.g. xi=0.1 mean_degree=None (an ablation: "
                         "give it its own --cache, --table and --readme none)")
+    parser.add_argument("--split-seed", type=int, default=GFKD_SPLIT_SEED,
+                        help="seed of the 70/30 split (default: GFKD's 29); another one is a development split (give "
+                        "it its own --cache, --table and --readme none)")
+    parser.add_argument("--teacher-seed", type=int, default=None,
+                        help="teacher seed of every --datasets (default: the study's choice on GFKD's split)")
     parser.add_argument("--choose-teachers", action="store_true",
                         help="train the candidate teachers (seeds 0-4) of --datasets and print each one's training "
                         "accuracy and the chosen seed (the highest; no test label read)")
@@ -281,20 +302,29 @@ def main(argv: list[str] | None = None) -> int:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value  # a plain string, e.g. curriculum=size
-    if overrides and study_outputs:
-        parser.error("--set must not overwrite the study's results: pass --cache, --table and --readme (or none)")
+    for flag, given in (("--set", bool(overrides)), ("--split-seed", args.split_seed != GFKD_SPLIT_SEED),
+                        ("--teacher-seed", args.teacher_seed is not None)):
+        if given and study_outputs:
+            parser.error(f"{flag} must not overwrite the study's results: pass --cache, --table and --readme (or none)")
     torch.set_num_threads(1)  # tiny graphs: extra threads only contend (and CPU seconds stay comparable)
     cache, out = Path(args.cache), Path(args.out)
+    if args.split_seed != GFKD_SPLIT_SEED:
+        out = out / f"split{args.split_seed}"  # its own teachers and generations
     readme = None if args.readme == "none" else Path(args.readme)
     seeds = list(range(args.seeds))
 
     def refresh() -> None:  # the whole study's table (every dataset, STUDY_SEEDS seeds), whatever this run does
-        write_tables(tables(cache, list(range(STUDY_SEEDS)), list(TU_DATASETS)), Path(args.table), readme)
+        write_tables(tables(cache, list(range(STUDY_SEEDS)), list(TU_DATASETS), args.split_seed, args.teacher_seed),
+                     Path(args.table), readme, cache)
+
+    def settings_of(name: str) -> dict:
+        settings = QUICK if args.quick else SETTINGS[name]
+        return settings if args.teacher_seed is None else {**settings, "teacher_seed": args.teacher_seed}
 
     if args.choose_teachers:
         for name in args.datasets:
-            settings = QUICK if args.quick else SETTINGS[name]
-            accs = [train_accuracy(name, args.data_root, settings, seed) for seed in TEACHER_SEEDS]
+            accs = [train_accuracy(name, args.data_root, settings_of(name), seed, args.split_seed)
+                    for seed in TEACHER_SEEDS]
             best = max(TEACHER_SEEDS, key=lambda s: (accs[s], -s))
             print(f"{name}: training accuracy of seeds {list(TEACHER_SEEDS)}: "
                   f"{' / '.join(f'{100 * a:.1f}' for a in accs)} %; teacher seed {best}", flush=True)
@@ -304,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         print(Path(args.table).read_text())
         return 0
     for name in args.datasets:
-        settings = QUICK if args.quick else SETTINGS[name]
-        teacher, train, test = teacher_for(name, args.data_root, out, settings)
+        settings = settings_of(name)
+        teacher, train, test = teacher_for(name, args.data_root, out, settings, args.split_seed)
         info_path = cache / name / "dataset.json"
         if not info_path.is_file():
             labels = torch.tensor([int(g.y) for g in test])

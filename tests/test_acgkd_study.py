@@ -71,3 +71,26 @@ def test_set_refuses_the_committed_results(shared_data):
 
     with pytest.raises(SystemExit):
         load_example("acgkd_tu").main(["--data-root", shared_data, "--set", "xi=0.1"])
+
+
+def test_a_development_split_keeps_apart_from_the_study(shared_data, tmp_path):
+    """--split-seed trains its teacher on that split's graphs (not GFKD's), keeps its runs apart and says so."""
+    import pytest
+    import torch
+
+    study = load_example("acgkd_tu")
+    root = os.path.join(shared_data, "TU")
+    with pytest.raises(SystemExit):
+        study.main(["--data-root", root, "--split-seed", "1"])
+    argv = ["--data-root", root, "--datasets", "MUTAG", "--students", "gcn-3-32", "--methods", "real", "--seeds",
+            "1", "--quick", "--split-seed", "1", "--teacher-seed", "1", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out"), "--table", str(tmp_path / "t.md"), "--readme", "none"]
+    assert study.main(argv) == 0
+    saved = torch.load(tmp_path / "out" / "split1" / "MUTAG" / "teacher.pt", weights_only=True)
+    assert saved["split"] == {"seed": 1}
+    _, dev_train, _ = study.dataset_and_split("MUTAG", root, split_seed=1)
+    _, gfkd_train, _ = study.dataset_and_split("MUTAG", root)
+    assert saved["train_size"] == len(dev_train)
+    assert [g.num_nodes for g in dev_train] != [g.num_nodes for g in gfkd_train]
+    table = (tmp_path / "t.md").read_text()
+    assert "development 70/30 split of seed 1" in table and "teacher seed 1 (" in table
