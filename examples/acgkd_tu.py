@@ -19,7 +19,8 @@ read) and for the best evaluated epoch (GFKD's protocol, which selects on test l
 
 ``--split-seed`` runs the same study on another 70/30 split (its teacher chosen the same way: ``--choose-teachers
 --split-seed S``, then ``--teacher-seed``): a development split, so that a design choice is judged on test labels the
-reported table never shows.
+reported table never shows. ``--teacher gin-5-64`` (with ``--teacher-seed``) distils from another teacher
+architecture.
 
 Each (dataset, student, method, seed) is one JSON file under ``--cache`` (committed: examples/acgkd_tu_cache); a
 rerun skips the cells it holds, so the study resumes after an interruption. Generations are kept under ``--out`` so a
@@ -46,7 +47,8 @@ from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, load_teacher, save_model, train_model
 from dfkd_fast.acgkd.trainer import accuracy, class_fractions, graph_batches, predictions
 from dfkd_fast.data.graphs import GFKD_SPLIT_SEED, TU_DATASETS
-from dfkd_fast.models.gnn import build_gnn
+from dfkd_fast.errors import DfkdError
+from dfkd_fast.models.gnn import build_gnn, parse_spec
 from dfkd_fast.runs import atomic_save, load_checkpoint, seed_everything
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +93,7 @@ def train_teacher(name: str, data_root: str, settings: dict, seed: int, split_se
     weights are part of the seeded run)."""
     dataset, train, test = dataset_and_split(name, data_root, split_seed=split_seed)
     seed_everything(seed)
-    model = build_gnn(TEACHER, dataset.num_features, dataset.num_classes)
+    model = build_gnn(settings.get("teacher_arch", TEACHER), dataset.num_features, dataset.num_classes)
     acc = train_model(model, train, test, epochs=settings["teacher_epochs"], seed=seed,
                       desc=f"{name} teacher seed {seed}")
     return model, acc, train, test
@@ -106,7 +108,7 @@ def teacher_for(name: str, data_root: str, out: Path, settings: dict, split_seed
         model, acc, train, test = train_teacher(name, data_root, settings, settings["teacher_seed"], split_seed)
         save_model(path, model, role="teacher", dataset=name, split={"seed": split_seed}, train_size=len(train),
                    test_acc=acc)
-    teacher, _ = load_teacher(path, TEACHER)
+    teacher, _ = load_teacher(path, settings.get("teacher_arch", TEACHER))
     return teacher, train, test
 
 
@@ -174,13 +176,13 @@ def load_cells(cache: Path) -> list[dict]:
 
 
 def tables(cache: Path, seeds: list[int], datasets: list[str], split_seed: int = GFKD_SPLIT_SEED,
-           teacher_seed: int | None = None) -> str:
+           teacher_seed: int | None = None, teacher: str = TEACHER) -> str:
     """The study's Markdown tables, from the cache alone (what is missing is marked and listed)."""
     cells = load_cells(cache)
     info = {p.parent.name: json.loads(p.read_text()) for p in cache.glob("*/dataset.json")}
     split = ("GFKD's 70/30 split (seed 29)" if split_seed == GFKD_SPLIT_SEED else
              f"the development 70/30 split of seed {split_seed}, not GFKD's")
-    lines = [f"Teacher {TEACHER} (seeded) on {split}. Test accuracy (%) of the student, mean "
+    lines = [f"Teacher {teacher} (seeded) on {split}. Test accuracy (%) of the student, mean "
              f"± std over the seeds present (of {seeds}): after the last KD epoch, label-free selected (`student.pt`: "
              "best agreement with the teacher on held-out pseudo-graphs, or for real-graph KD on its training graphs; no "
              "test label read), and the best evaluated epoch (GFKD's protocol: selects on test labels); the worst "
@@ -226,9 +228,9 @@ def tables(cache: Path, seeds: list[int], datasets: list[str], split_seed: int =
                          f"({next(iter(gens.values()))['gen_steps']} steps)" if gens else "–")
         lines.append(f"| {name} | {d['graphs']} | {a:.3f} | {g:.3f} | {ra:.1f} s | {rg:.1f} s | {rg / ra:.1f}x "
                      f"| {study[0]} / {study[1]} |")
-    teachers = TEACHER_NOTE if split_seed == GFKD_SPLIT_SEED else (
-        "Teachers: chosen on this split as on GFKD's (`--choose-teachers --split-seed "
-        f"{split_seed}`), seed {teacher_seed} below.")
+    teachers = TEACHER_NOTE if (split_seed, teacher) == (GFKD_SPLIT_SEED, TEACHER) else (
+        f"Teachers: chosen as the study's are (`--choose-teachers --split-seed {split_seed} --teacher {teacher}`), "
+        f"seed {teacher_seed} below.")
     lines += ["", teachers, "", "Budgets (KD epochs; generation steps): " + "; ".join(
         f"{name}: KD {s['epochs']} epochs, ACGKD {s['acgkd']['iterations']} steps, GFKD {s['gfkd']['iterations']} "
         f"steps (lr_structure {s['gfkd']['lr_structure']}, decay every {s['gfkd']['lr_decay_every']}), teacher seed "
@@ -284,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seed", type=int, default=GFKD_SPLIT_SEED,
                         help="seed of the 70/30 split (default: GFKD's 29); another one is a development split (give "
                         "it its own --cache, --table and --readme none)")
+    parser.add_argument("--teacher", default=TEACHER, metavar="ARCH",
+                        help=f"teacher architecture (default {TEACHER}, the issue's; e.g. gin-5-64, a degree-sensitive "
+                        "teacher; give it its own --cache, --table and --readme none and a --teacher-seed)")
     parser.add_argument("--teacher-seed", type=int, default=None,
                         help="teacher seed of every --datasets (default: the study's choice on GFKD's split)")
     parser.add_argument("--choose-teachers", action="store_true",
@@ -303,22 +308,30 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, SyntaxError):
             overrides[key] = value  # a plain string, e.g. curriculum=size
     for flag, given in (("--set", bool(overrides)), ("--split-seed", args.split_seed != GFKD_SPLIT_SEED),
-                        ("--teacher-seed", args.teacher_seed is not None)):
+                        ("--teacher-seed", args.teacher_seed is not None), ("--teacher", args.teacher != TEACHER)):
         if given and study_outputs:
             parser.error(f"{flag} must not overwrite the study's results: pass --cache, --table and --readme (or none)")
     torch.set_num_threads(1)  # tiny graphs: extra threads only contend (and CPU seconds stay comparable)
     cache, out = Path(args.cache), Path(args.out)
     if args.split_seed != GFKD_SPLIT_SEED:
         out = out / f"split{args.split_seed}"  # its own teachers and generations
+    if args.teacher != TEACHER:
+        try:
+            parse_spec(args.teacher)
+        except DfkdError as error:
+            parser.error(f"--teacher: {error}")
+        out = out / f"teacher-{args.teacher}"
     readme = None if args.readme == "none" else Path(args.readme)
     seeds = list(range(args.seeds))
 
     def refresh() -> None:  # the whole study's table (every dataset, STUDY_SEEDS seeds), whatever this run does
-        write_tables(tables(cache, list(range(STUDY_SEEDS)), list(TU_DATASETS), args.split_seed, args.teacher_seed),
+        write_tables(tables(cache, list(range(STUDY_SEEDS)), list(TU_DATASETS), args.split_seed, args.teacher_seed,
+                            args.teacher),
                      Path(args.table), readme, cache)
 
     def settings_of(name: str) -> dict:
         settings = QUICK if args.quick else SETTINGS[name]
+        settings = {**settings, "teacher_arch": args.teacher}
         return settings if args.teacher_seed is None else {**settings, "teacher_seed": args.teacher_seed}
 
     if args.choose_teachers:

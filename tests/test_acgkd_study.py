@@ -94,3 +94,24 @@ def test_a_development_split_keeps_apart_from_the_study(shared_data, tmp_path):
     assert [g.num_nodes for g in dev_train] != [g.num_nodes for g in gfkd_train]
     table = (tmp_path / "t.md").read_text()
     assert "development 70/30 split of seed 1" in table and "teacher seed 1 (" in table
+
+
+def test_another_teacher_architecture_keeps_apart_from_the_study(shared_data, tmp_path):
+    import pytest
+    import torch
+
+    study = load_example("acgkd_tu")
+    root = os.path.join(shared_data, "TU")
+    outputs = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--table", str(tmp_path / "t.md"),
+               "--readme", "none"]
+    with pytest.raises(SystemExit):
+        study.main(["--data-root", root, "--teacher", "gin-5-64"])  # over the study's outputs
+    with pytest.raises(SystemExit):
+        study.main(["--data-root", root, "--teacher", "mlp-5-64", *outputs])
+    argv = ["--data-root", root, "--datasets", "MUTAG", "--students", "gcn-3-32", "--methods", "real", "--seeds", "1",
+            "--quick", "--teacher", "gin-5-64", "--teacher-seed", "3", *outputs]
+    assert study.main(argv) == 0
+    saved = torch.load(tmp_path / "out" / "teacher-gin-5-64" / "MUTAG" / "teacher.pt", weights_only=True)
+    assert saved["arch"] == "gin-5-64"
+    table = (tmp_path / "t.md").read_text()
+    assert "Teacher gin-5-64 (seeded)" in table and "--teacher gin-5-64" in table and "teacher seed 3 (" in table
