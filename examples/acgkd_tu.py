@@ -88,10 +88,10 @@ TIMED_STEPS = 10
 STUDY_SEEDS = 5
 
 
-def train_teacher(name: str, data_root: str, settings: dict, seed: int, split_seed: int = GFKD_SPLIT_SEED):
+def train_teacher(name: str, data_root: str, settings: dict, seed: int):
     """(teacher of ``seed``, its test accuracy, train graphs, test graphs), seeded before it is built (the initial
-    weights are part of the seeded run)."""
-    dataset, train, test = dataset_and_split(name, data_root, split_seed=split_seed)
+    weights are part of the seeded run). ``settings`` may name another ``split_seed`` and ``teacher_arch``."""
+    dataset, train, test = dataset_and_split(name, data_root, split_seed=settings.get("split_seed", GFKD_SPLIT_SEED))
     seed_everything(seed)
     model = build_gnn(settings.get("teacher_arch", TEACHER), dataset.num_features, dataset.num_classes)
     acc = train_model(model, train, test, epochs=settings["teacher_epochs"], seed=seed,
@@ -99,22 +99,23 @@ def train_teacher(name: str, data_root: str, settings: dict, seed: int, split_se
     return model, acc, train, test
 
 
-def teacher_for(name: str, data_root: str, out: Path, settings: dict, split_seed: int = GFKD_SPLIT_SEED):
+def teacher_for(name: str, data_root: str, out: Path, settings: dict):
     """The dataset's teacher (seed ``teacher_seed``, trained once, kept under ``out``), its train and test graphs."""
     path = out / name / TEACHER_FILE
+    split_seed = settings.get("split_seed", GFKD_SPLIT_SEED)
     if path.is_file():
         _, train, test = dataset_and_split(name, data_root, split_seed=split_seed)
     else:
-        model, acc, train, test = train_teacher(name, data_root, settings, settings["teacher_seed"], split_seed)
+        model, acc, train, test = train_teacher(name, data_root, settings, settings["teacher_seed"])
         save_model(path, model, role="teacher", dataset=name, split={"seed": split_seed}, train_size=len(train),
                    test_acc=acc)
     teacher, _ = load_teacher(path, settings.get("teacher_arch", TEACHER))
     return teacher, train, test
 
 
-def train_accuracy(name: str, data_root: str, settings: dict, seed: int, split_seed: int = GFKD_SPLIT_SEED) -> float:
+def train_accuracy(name: str, data_root: str, settings: dict, seed: int) -> float:
     """Training-set accuracy of the candidate teacher of ``seed`` (trained as :func:`teacher_for` trains it)."""
-    model, _, train, _ = train_teacher(name, data_root, settings, seed, split_seed)
+    model, _, train, _ = train_teacher(name, data_root, settings, seed)
     return accuracy(model, graph_batches(train))
 
 
@@ -175,9 +176,12 @@ def load_cells(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob("*/*.json")) if p.name != "dataset.json"]
 
 
-def tables(cache: Path, seeds: list[int], datasets: list[str], split_seed: int = GFKD_SPLIT_SEED,
-           teacher_seed: int | None = None, teacher: str = TEACHER) -> str:
-    """The study's Markdown tables, from the cache alone (what is missing is marked and listed)."""
+def tables(cache: Path, seeds: list[int], datasets: list[str], variant: dict | None = None) -> str:
+    """The study's Markdown tables, from the cache alone (what is missing is marked and listed); ``variant`` is what
+    the run changed of every dataset's settings (``split_seed``, ``teacher_arch``, ``teacher_seed``)."""
+    variant = variant or {}
+    split_seed, teacher = variant.get("split_seed", GFKD_SPLIT_SEED), variant.get("teacher_arch", TEACHER)
+    teacher_seed = variant.get("teacher_seed")
     cells = load_cells(cache)
     info = {p.parent.name: json.loads(p.read_text()) for p in cache.glob("*/dataset.json")}
     split = ("GFKD's 70/30 split (seed 29)" if split_seed == GFKD_SPLIT_SEED else
@@ -253,7 +257,7 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_tables(text: str, table: Path, readme: Path | None, cache: Path = HERE / "acgkd_tu_cache") -> None:
+def write_tables(text: str, table: Path, readme: Path | None, cache: Path) -> None:
     where = cache.resolve()
     where = where.relative_to(HERE.parent) if where.is_relative_to(HERE.parent) else where
     _replace(table, "# ACGKD vs GFKD mode vs KD with real graphs on TU datasets\n\n"
@@ -324,20 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     readme = None if args.readme == "none" else Path(args.readme)
     seeds = list(range(args.seeds))
 
+    # what this run changes of every dataset's settings (a development split, another teacher)
+    variant = {"split_seed": args.split_seed, "teacher_arch": args.teacher,
+               **({} if args.teacher_seed is None else {"teacher_seed": args.teacher_seed})}
+
     def refresh() -> None:  # the whole study's table (every dataset, STUDY_SEEDS seeds), whatever this run does
-        write_tables(tables(cache, list(range(STUDY_SEEDS)), list(TU_DATASETS), args.split_seed, args.teacher_seed,
-                            args.teacher),
-                     Path(args.table), readme, cache)
+        write_tables(tables(cache, list(range(STUDY_SEEDS)), list(TU_DATASETS), variant), Path(args.table), readme,
+                     cache)
 
     def settings_of(name: str) -> dict:
-        settings = QUICK if args.quick else SETTINGS[name]
-        settings = {**settings, "teacher_arch": args.teacher}
-        return settings if args.teacher_seed is None else {**settings, "teacher_seed": args.teacher_seed}
+        return {**(QUICK if args.quick else SETTINGS[name]), **variant}
 
     if args.choose_teachers:
         for name in args.datasets:
-            accs = [train_accuracy(name, args.data_root, settings_of(name), seed, args.split_seed)
-                    for seed in TEACHER_SEEDS]
+            accs = [train_accuracy(name, args.data_root, settings_of(name), seed) for seed in TEACHER_SEEDS]
             best = max(TEACHER_SEEDS, key=lambda s: (accs[s], -s))
             print(f"{name}: training accuracy of seeds {list(TEACHER_SEEDS)}: "
                   f"{' / '.join(f'{100 * a:.1f}' for a in accs)} %; teacher seed {best}", flush=True)
@@ -348,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in args.datasets:
         settings = settings_of(name)
-        teacher, train, test = teacher_for(name, args.data_root, out, settings, args.split_seed)
+        teacher, train, test = teacher_for(name, args.data_root, out, settings)
         info_path = cache / name / "dataset.json"
         if not info_path.is_file():
             labels = torch.tensor([int(g.y) for g in test])
