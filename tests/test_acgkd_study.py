@@ -115,3 +115,20 @@ def test_another_teacher_architecture_keeps_apart_from_the_study(shared_data, tm
     assert saved["arch"] == "gin-5-64"
     table = (tmp_path / "t.md").read_text()
     assert "Teacher gin-5-64 (seeded)" in table and "--teacher gin-5-64" in table and "teacher seed 3 (" in table
+
+
+def test_the_tables_name_a_pseudo_graph_count_other_than_the_training_sets(tmp_path):
+    study = load_example("acgkd_tu")
+    (tmp_path / "MUTAG").mkdir()
+    (tmp_path / "MUTAG" / "dataset.json").write_text(json.dumps(
+        {"teacher_acc": 0.789, "graphs": 131, "majority": 0.684, "per_step": {"acgkd": 0.05, "gfkd": 0.05}}))
+    for method, options in (("acgkd", {"num_graphs": 131, "graph_factor": 3.0}), ("gfkd", {"num_graphs": 131})):
+        cell = {"dataset": "MUTAG", "student": "gin-3-32", "method": method, "seed": 0, "last": 0.8, "selected": 0.8,
+                "best": 0.8, "selected_epoch": 300, "selected_top_class_fraction": 0.7, "kd_s": 1.0, "gen_s": 28.0,
+                "gen_steps": 200, "options": options}
+        (tmp_path / "MUTAG" / f"{method}-gin-3-32-seed0.json").write_text(json.dumps(cell))
+    text = study.tables(tmp_path, [0], ["MUTAG", "PROTEINS"])
+    assert "| 28 s (200 steps, 393 graphs) / 28 s (200 steps) |" in text
+    budgets = next(line for line in text.splitlines() if line.startswith("Budgets"))
+    assert "MUTAG: KD 300 epochs, ACGKD 200 steps on 3x the training-set count of pseudo-graphs, GFKD" in budgets
+    assert "PROTEINS: KD 40 epochs, ACGKD 100 steps, GFKD" in budgets

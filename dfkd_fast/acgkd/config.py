@@ -71,7 +71,9 @@ class ACGKDConfig(DistillConfig):
     method: str = _f("acgkd", "distillation method", choices=METHODS)
     # pseudo-graphs
     graph_factor: float = _f(1.0, "pseudo-graphs per graph of --num-graphs (the training-set size): more graphs, "
-                             "more node-feature patterns for the student (generation is cheap)")
+                             "more node-feature patterns and KD steps per epoch for the student, at proportionally "
+                             "more time. On MUTAG (131 training graphs) 3 raised both students by 0.4-1.7 points on two "
+                             "development splits; 1 is GFKD's count")
     tau: float = _f(1.0, "Binary Concrete temperature at the first generation step")
     tau_end: float | None = _f(0.3, "temperature at the last step (geometric annealing); None keeps tau")
     # the spatial budget: --edge-budget, else --xi, else --mean-degree (the default); none of them: no budget
