@@ -45,7 +45,7 @@ from dfkd_fast._cli_args import accept_both_spellings
 from dfkd_fast.acgkd.config import make_config
 from dfkd_fast.acgkd.methods import make_trainer
 from dfkd_fast.acgkd.teacher import TEACHER_FILE, dataset_and_split, load_teacher, save_model, train_model
-from dfkd_fast.acgkd.trainer import accuracy, class_fractions, graph_batches, predictions
+from dfkd_fast.acgkd.trainer import accuracy, class_fractions, graph_batches, predictions, pseudo_graph_count
 from dfkd_fast.data.graphs import GFKD_SPLIT_SEED, TU_DATASETS
 from dfkd_fast.errors import DfkdError
 from dfkd_fast.models.gnn import build_gnn, parse_spec
@@ -235,20 +235,24 @@ def tables(cache: Path, seeds: list[int], datasets: list[str], variant: dict | N
         ra, rg = a * RECIPE_STEPS["acgkd"], g * RECIPE_STEPS["gfkd"]
         study = []
         for method in ("acgkd", "gfkd"):
-            gens = {c["seed"]: c for c in cells if c["dataset"] == name and c["method"] == method and "gen_s" in c}
-            first = next(iter(gens.values()), None)
-            count = first and round(first["options"].get("graph_factor", 1.0) * first["options"]["num_graphs"])
-            study.append(f"{statistics.mean(c['gen_s'] for c in gens.values()):.0f} s ({first['gen_steps']} steps"
-                         f"{'' if count == d['graphs'] else f', {count} graphs'})" if gens else "–")
+            gens = list({c["seed"]: c for c in cells
+                         if c["dataset"] == name and c["method"] == method and "gen_s" in c}.values())
+            if not gens:
+                study.append("–")
+                continue
+            options = gens[0]["options"]
+            count = pseudo_graph_count(options["num_graphs"], options.get("graph_factor", 1.0))
+            study.append(f"{statistics.mean(c['gen_s'] for c in gens):.0f} s ({gens[0]['gen_steps']} steps"
+                         f"{'' if count == d['graphs'] else f', {count} graphs'})")
         lines.append(f"| {name} | {d['graphs']} | {a:.3f} | {g:.3f} | {ra:.1f} s | {rg:.1f} s | {rg / ra:.1f}x "
                      f"| {study[0]} / {study[1]} |")
     teachers = TEACHER_NOTE if (split_seed, teacher) == (GFKD_SPLIT_SEED, TEACHER) else (
         f"Teachers: chosen as the study's are (`--choose-teachers --split-seed {split_seed} --teacher {teacher}`), "
         f"seed {teacher_seed} below.")
     lines += ["", teachers, "", "Budgets (KD epochs; generation steps): " + "; ".join(
-        f"{name}: KD {s['epochs']} epochs, ACGKD {s['acgkd']['iterations']} steps{graph_count(s['acgkd'])}, GFKD "
-        f"{s['gfkd']['iterations']} "
-        f"steps (lr_structure {s['gfkd']['lr_structure']}, decay every {s['gfkd']['lr_decay_every']}), teacher seed "
+        f"{name}: KD {s['epochs']} epochs, ACGKD {s['acgkd']['iterations']} steps{graph_count(s['acgkd'])}, "
+        f"GFKD {s['gfkd']['iterations']} steps (lr_structure {s['gfkd']['lr_structure']}, decay every "
+        f"{s['gfkd']['lr_decay_every']}), teacher seed "
         f"{s['teacher_seed'] if teacher_seed is None else teacher_seed} ({s['teacher_epochs']} epochs)"
         for name, s in SETTINGS.items() if name in datasets)
         + ".", ""]

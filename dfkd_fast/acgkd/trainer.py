@@ -39,6 +39,12 @@ KD_FLAGS = {"loss": "--lr / --w-feat / --w-kd", "kd": "--w-kd", "feature": "--w-
             "temperature": "--t-min / --t-range", "student": "--lr", "selected_kl": "--lr / --t-min / --t-range"}
 
 
+def pseudo_graph_count(num_graphs: int, graph_factor: float = 1.0) -> int:
+    """The pseudo-graphs ``graph_factor`` times ``num_graphs`` (the training-set size) asks for: at least one, none
+    without a size."""
+    return max(1, round(graph_factor * num_graphs)) if num_graphs else 0
+
+
 def graph_batches(graphs: list, batch_size: int = 256) -> list:
     """PyG batches of ``graphs`` in order (built once: evaluation reuses them)."""
     from torch_geometric.data import Batch
@@ -137,7 +143,7 @@ class GraphDistiller:
         self.eval_batches = graph_batches(eval_graphs) if eval_graphs else []
         self.train_graphs = train_graphs
         base = config.num_graphs or (len(train_graphs) if train_graphs else 0)
-        self.num_graphs = max(1, round(getattr(config, "graph_factor", 1.0) * base)) if base else 0
+        self.num_graphs = pseudo_graph_count(base, getattr(config, "graph_factor", 1.0))
         torch.manual_seed(config.seed)
         self.student = self.build_student().to(self.device)
         # the model that is evaluated, selected and saved: the weight average, or the student itself
