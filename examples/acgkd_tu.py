@@ -168,7 +168,8 @@ def time_generation(teacher, graphs: int, steps: int) -> dict:
     return per_step
 
 
-def graph_count(acgkd: dict) -> str:
+def graph_count_phrase(acgkd: dict) -> str:
+    """The budget line's words for ACGKD settings that draw other than the training-set count of pseudo-graphs."""
     factor = acgkd.get("graph_factor", 1.0)
     return "" if factor == 1.0 else f" on {factor:g}x the training-set count of pseudo-graphs"
 
@@ -250,7 +251,7 @@ def tables(cache: Path, seeds: list[int], datasets: list[str], variant: dict | N
         f"Teachers: chosen as the study's are (`--choose-teachers --split-seed {split_seed} --teacher {teacher}`), "
         f"seed {teacher_seed} below.")
     lines += ["", teachers, "", "Budgets (KD epochs; generation steps): " + "; ".join(
-        f"{name}: KD {s['epochs']} epochs, ACGKD {s['acgkd']['iterations']} steps{graph_count(s['acgkd'])}, "
+        f"{name}: KD {s['epochs']} epochs, ACGKD {s['acgkd']['iterations']} steps{graph_count_phrase(s['acgkd'])}, "
         f"GFKD {s['gfkd']['iterations']} steps (lr_structure {s['gfkd']['lr_structure']}, decay every "
         f"{s['gfkd']['lr_decay_every']}), teacher seed "
         f"{s['teacher_seed'] if teacher_seed is None else teacher_seed} ({s['teacher_epochs']} epochs)"
